@@ -151,3 +151,54 @@ int      pl_decode_headers(const uint8_t *buf, size_t len, int32_t count, int64_
 
 /* Build lookup tables; call once before threads share the module. */
 void     pl_init(void);
+
+/* ---- producer state and the dedup check (dedup.c) ----
+ * Per (partition, producer id): the epoch, the open transaction's first
+ * offset and the metadata of the last PL_DEDUP_WINDOW batches, oldest first
+ * (Kafka's ProducerStateEntry). */
+#define PL_DEDUP_WINDOW 5
+#define PL_NO_EPOCH     -1
+
+typedef struct {
+    int32_t first_seq;
+    int32_t last_seq;
+    int64_t last_offset;
+    int32_t offset_delta;
+    int64_t timestamp;
+} pl_batch_meta;
+
+typedef struct {
+    int16_t producer_epoch;            /* PL_NO_EPOCH: no state (new or expired) */
+    int32_t coordinator_epoch;
+    int64_t last_timestamp;
+    int64_t current_txn_first_offset;  /* -1: no open transaction */
+    int64_t last_update_ms;            /* wall clock of the last write (expiration) */
+    int32_t n;
+    pl_batch_meta batches[PL_DEDUP_WINDOW];
+} pl_pstate;
+
+/* Verdict for a data batch from a producer whose state is s:
+ *   0               append it
+ *   PL_EDUPLICATE   already appended: *dup = window index of the original
+ *   PL_EFENCED      epoch older than the stored one
+ *   PL_EOUTOFORDER  sequence gap (same epoch) or a new epoch not starting at 0
+ *   PL_ETXNSTATE    a non-transactional batch while a transaction is open */
+int  pl_dedup_check(const pl_pstate *s, int16_t epoch, int32_t first_seq, int32_t last_seq,
+                    int is_transactional, int *dup);
+/* Record an appended data batch (after pl_dedup_check said 0). */
+void pl_dedup_update(pl_pstate *s, int16_t epoch, int32_t first_seq, int32_t last_seq,
+                     int64_t first_offset, int64_t last_offset, int64_t max_timestamp,
+                     int is_transactional, int64_t now_ms);
+/* Record a transaction marker: the transaction is closed, the epoch may rise. */
+int  pl_dedup_marker(pl_pstate *s, int16_t epoch, int32_t coordinator_epoch,
+                     int64_t timestamp, int64_t now_ms);
+/* Big-endian serialisation for LMDB (layout in dedup.c). */
+#define PL_PSTATE_MAX_SIZE 172   /* 32 + 28 * PL_DEDUP_WINDOW */
+int  pl_pstate_encode(const pl_pstate *s, uint8_t *out, size_t cap);   /* bytes or <0 */
+int  pl_pstate_decode(const uint8_t *in, size_t len, pl_pstate *s);
+
+/* ---- partitioner (partition.c) ----
+ * Kafka's murmur2 (seed 0x9747b28c), so a key lands where a Kafka cluster's
+ * default partitioner would put it: (murmur2(key) & 0x7fffffff) % partitions. */
+int32_t  pl_murmur2(const char *key, size_t len);
+int32_t  pl_partition_for_key(const char *key, size_t len, int32_t num_partitions);

@@ -133,6 +133,11 @@ def scan(buf, max_batch_size=0x7FFFFFFF, verify_crc=True, expect_offset=-1, star
     to buf), the byte position where the valid prefix ends, and a PL_* code
     saying why it ends (PL_OK means the region ended cleanly)."""
     end = len(buf) if limit is None else limit
+    # C trusts the length it is given: a window past the buffer would be read.
+    if not 0 <= start <= end <= len(buf):
+        raise KafkaException(KafkaError(
+            KafkaError._INVALID_ARG,
+            "scan window [%d, %d) is outside the %d-byte buffer" % (start, end, len(buf))))
     base = ffi.from_buffer(buf)
     out = ffi.new("pl_batch_info[]", _SCAN_CAP)
     n = ffi.new("size_t *")
@@ -154,6 +159,10 @@ def scan(buf, max_batch_size=0x7FFFFFFF, verify_crc=True, expect_offset=-1, star
 
 def parse_header(buf, position=0):
     """Header fields of the batch at buf[position:] without checking its CRC."""
+    if not 0 <= position <= len(buf):       # a negative position would read before buf
+        raise KafkaException(KafkaError(
+            KafkaError._INVALID_ARG,
+            "header position %d is outside the %d-byte buffer" % (position, len(buf))))
     h = ffi.new("pl_batch_hdr *")
     rc = lib.pl_parse_header(ffi.from_buffer(buf) + position, len(buf) - position, h)
     if rc:
@@ -270,6 +279,10 @@ def decode_headers(buf, count):
     """[(key str, value bytes or None)] from an encoded header list."""
     if count == 0:
         return []
+    # Each header takes at least 2 bytes; checked before the allocation so a
+    # damaged count cannot ask for gigabytes (decode_records does the same).
+    if count < 0 or count * 2 > len(buf):
+        raise CorruptRecordError("header count %d does not fit in %d bytes" % (count, len(buf)))
     out = ffi.new("int64_t[]", count * 4)
     rc = lib.pl_decode_headers(ffi.from_buffer(buf), len(buf), count, out)
     if rc:

@@ -56,7 +56,7 @@ def compress(codec, data):
             out.append(block)
         return b"".join(out)
     if codec == LZ4:
-        return bytes(cramjam.lz4.compress(data))
+        return _lz4_frame(data)
     if codec == ZSTD:
         return bytes(cramjam.zstd.compress(data))
     raise KafkaException(KafkaError(KafkaError._INVALID_ARG, "unknown codec %r" % codec))
@@ -124,6 +124,34 @@ def _unsnappy(data, limit):
 
 _LZ4_MAGIC = 0x184D2204
 _LZ4_BLOCK_MAX = {4: 64 << 10, 5: 256 << 10, 6: 1 << 20, 7: 4 << 20}
+# Frame descriptor as Kafka's Lz4BlockOutputStream writes it: FLG 0x60 (version 01,
+# independent blocks, no checksums, no content size), BD 0x40 (64 KiB blocks), and
+# HC 0x82 = (xxh32(FLG BD, seed 0) >> 8) & 0xff, fixed because FLG and BD are.
+_LZ4_FRAME_HEADER = struct.pack("<I", _LZ4_MAGIC) + b"\x60\x40\x82"
+_LZ4_BLOCK = 64 << 10
+_LZ4_UNCOMPRESSED = 0x80000000
+
+
+def _lz4_frame(data):
+    """An LZ4 frame of independent 64 KiB blocks.
+
+    Not cramjam.lz4.compress(): it links each block to the previous one (FLG bit 5
+    clear), and Kafka's Java reader refuses such a frame outright (Lz4BlockOutputStream
+    .FLG.validate: "Dependent block stream is unsupported"); it also decompresses
+    every block on its own, so linked blocks could not be read anyway."""
+    view = memoryview(data)
+    out = [_LZ4_FRAME_HEADER]
+    for i in range(0, len(view), _LZ4_BLOCK):
+        chunk = view[i:i + _LZ4_BLOCK]
+        block = bytes(cramjam.lz4.compress_block(chunk, store_size=False))
+        if len(block) >= len(chunk):        # incompressible: store it, flagged raw
+            out.append(struct.pack("<I", len(chunk) | _LZ4_UNCOMPRESSED))
+            out.append(bytes(chunk))
+        else:
+            out.append(struct.pack("<I", len(block)))
+            out.append(block)
+    out.append(b"\x00\x00\x00\x00")       # EndMark
+    return b"".join(out)
 
 
 def _lz4_bound(data):

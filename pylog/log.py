@@ -1,0 +1,614 @@
+"""A partition log: ordered segments, roll, recovery, reads, durability.
+
+Concurrency.  Several processes may open the same partition.  Appends and
+recovery hold flock(<dir>/.lock) (plus a thread lock inside a process), so
+exactly one writer touches the end of the log at a time and whoever holds
+the lock may trust that nobody is half-way through a write: any invalid
+bytes past the last valid batch were left by a writer that died, and are cut
+off.  Readers take no lock: they validate (CRC) whatever another process
+appended since they last looked and stop before a batch still being written.
+
+Durability.  pylog.fsync=always fsyncs the active segment before append()
+returns; interval fsyncs when the last fsync is older than the interval;
+never leaves it to the OS.  Rolling a segment fsyncs the old one, and new
+files are followed by an fsync of the directory.  After a failed fsync the
+kernel may have dropped the dirty pages, so the partition refuses all writes
+(StorageError) until it is reopened and recovered from disk.
+
+Recovery point.  The recovery-point file names a batch below which every
+byte was fsynced and validated.  Opening validates only from there to the end
+(bounded by pylog.recovery.checkpoint.bytes or one segment), so opening a
+large store costs time independent of its size.
+"""
+import bisect
+import fcntl
+import logging
+import os
+import struct
+import threading
+import time
+from contextlib import contextmanager
+
+from . import _bridge, failpoints, format, fsutil
+from .errors import CorruptRecordError, KafkaError, KafkaException, StorageError
+from .segment import Segment
+
+log = logging.getLogger("pylog.log")
+
+FSYNC_POLICIES = ("always", "interval", "never")
+_RP = struct.Struct(">qqqqI")    # offset, segment base, position, max ts before, crc32c
+_SYNC = struct.Struct(">qq?")    # .sync: segment base, position fsynced up to, failed
+
+
+class LogConfig:
+    """Per-partition settings, with Kafka's names and defaults where Kafka has them."""
+
+    def __init__(self, segment_bytes=1 << 30, segment_ms=7 * 24 * 3600 * 1000,
+                 index_interval_bytes=4096, max_message_bytes=1048588, fsync="never",
+                 fsync_interval_ms=1000, checkpoint_bytes=16 << 20):
+        if fsync not in FSYNC_POLICIES:
+            raise KafkaException(KafkaError(
+                KafkaError._INVALID_ARG,
+                "Invalid value %r for configuration property \"pylog.fsync\": expected one of %s"
+                % (fsync, ", ".join(FSYNC_POLICIES))))
+        for name, value, low in (("segment.bytes", segment_bytes, 14),
+                                 ("segment.ms", segment_ms, 1),
+                                 ("index.interval.bytes", index_interval_bytes, 0),
+                                 ("max.message.bytes", max_message_bytes, 0),
+                                 ("pylog.fsync.interval.ms", fsync_interval_ms, 0)):
+            if not isinstance(value, int) or value < low:
+                raise KafkaException(KafkaError(
+                    KafkaError._INVALID_ARG, "%s must be an integer >= %d, got %r" % (name, low, value)))
+        if segment_bytes > 0x7FFFFFFF:
+            raise KafkaException(KafkaError(
+                KafkaError._INVALID_ARG, "segment.bytes must be below 2 GiB (positions are int32)"))
+        self.segment_bytes = segment_bytes
+        self.segment_ms = segment_ms
+        self.index_interval_bytes = index_interval_bytes
+        self.max_message_bytes = max_message_bytes
+        self.fsync = fsync
+        self.fsync_interval_ms = fsync_interval_ms
+        self.checkpoint_bytes = checkpoint_bytes
+
+    @property
+    def max_batch_size(self):
+        # A stored batch may be a little over max.message.bytes (Kafka's own
+        # limit counts the batch); reject only sizes no segment can hold.
+        return self.segment_bytes
+
+
+class AppendResult:
+    """What became of one batch: written at base_offset..last_offset
+    (appended), found already in the log there (a duplicate: appended False),
+    or refused (error, a KafkaError; offsets -1)."""
+
+    __slots__ = ("base_offset", "last_offset", "appended", "error")
+
+    def __init__(self, base_offset, last_offset, appended, error=None):
+        self.base_offset = base_offset
+        self.last_offset = last_offset
+        self.appended = appended
+        self.error = error
+
+    def __repr__(self):
+        if self.error is not None:
+            return "AppendResult(error=%s)" % (self.error,)
+        return "AppendResult(%d..%d%s)" % (self.base_offset, self.last_offset,
+                                           "" if self.appended else ", duplicate")
+
+
+class PartitionLog:
+    """The segments of one topic-partition directory.  Thread-safe."""
+
+    def __init__(self, path, config=None, topic=None, partition=None):
+        self.path = path
+        self.config = config or LogConfig()
+        self.topic = topic
+        self.partition = partition
+        self._mutex = threading.RLock()
+        self._segments = []             # ascending base offset; the last is active
+        self._bases = []
+        self._failed = None             # StorageError message once writes must stop
+        self._unsynced = 0              # bytes written since the last fsync
+        self._last_sync = time.monotonic()
+        self._since_checkpoint = 0
+        self._lock_depth = 0
+        os.makedirs(path, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(path, format.LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        self._sync_fd = os.open(os.path.join(path, format.SYNC_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        self._sync_mutex = threading.Lock()
+        with self.locked():
+            self._open_segments()
+            self._discard_after_failed_fsync()
+            # After recovery nothing past the tail is vouched for (a reboot
+            # may have left a marker naming bytes that are gone).
+            self._write_sync_marker(self._segments[-1].base_offset, self._segments[-1].size, False)
+
+    # ---- locking ----
+    @contextmanager
+    def locked(self):
+        """Hold this partition's append lock (re-entrant within a thread)."""
+        with self._mutex:
+            if self._lock_depth == 0:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    # ---- open and recovery ----
+    def _open_segments(self):
+        bases = set()
+        for name in os.listdir(self.path):
+            if name.endswith(format.TMP_SUFFIX):
+                os.unlink(os.path.join(self.path, name))     # an interrupted atomic write
+                continue
+            base = format.parse_segment_name(name)
+            if base is not None and name.endswith(format.LOG_SUFFIX):
+                bases.add(base)
+        for name in os.listdir(self.path):                   # indexes without a log
+            base = format.parse_segment_name(name)
+            if base is not None and base not in bases and not name.endswith(format.LOG_SUFFIX):
+                os.unlink(os.path.join(self.path, name))
+        if not bases:
+            seg = Segment(self.path, 0, self.config.index_interval_bytes, create=True)
+            fsutil.fsync_dir(self.path)
+            self._segments, self._bases = [seg], [0]
+            self._write_recovery_point(seg, 0, -1)
+            return
+        self._bases = sorted(bases)
+        self._segments = [Segment(self.path, b, self.config.index_interval_bytes)
+                          for b in self._bases]
+        self._recover()
+
+    def _recover(self):
+        """Validate from the recovery point to the end; cut at the first bad
+        batch and drop every later segment (their offsets would leave a gap)."""
+        rp = self._read_recovery_point()
+        start_idx, position, max_ts = 0, 0, -1
+        if rp is not None:
+            offset, seg_base, pos, ts = rp
+            if seg_base in self._bases:
+                start_idx = self._bases.index(seg_base)
+                position, max_ts = pos, ts
+        for i in range(start_idx, len(self._segments)):
+            seg = self._segments[i]
+            removed = seg.recover(self.config.max_batch_size, position if i == start_idx else 0,
+                                  max_ts if i == start_idx else -1)
+            expected_next = self._bases[i + 1] if i + 1 < len(self._bases) else None
+            if (removed or seg.next_offset != expected_next) and expected_next is not None:
+                self._drop_segments_after(i)
+                break
+        # Validated bytes may still sit only in the page cache (the process
+        # died, the machine did not): make them durable before vouching.
+        self._segments[-1].sync()
+        self._write_recovery_point(*self._tail_point())
+
+    def _drop_segments_after(self, i):
+        for seg in self._segments[i + 1:]:
+            log.warning("%s: deleting segment %s after a truncation", self.path, seg.log_path)
+            seg.delete()
+        del self._segments[i + 1:]
+        del self._bases[i + 1:]
+        fsutil.fsync_dir(self.path)
+
+    def _discard_after_failed_fsync(self):
+        """After a failed fsync the kernel may have marked unwritten pages
+        clean, so bytes past the last successful fsync can read back fine and
+        still be gone after a reboot.  None of them was acknowledged as
+        durable: cut the log back to the last successful fsync."""
+        base, pos, failed = self._read_sync_marker()
+        if not failed or base not in self._bases:
+            return
+        i = self._bases.index(base)
+        seg = self._segments[i]
+        offset = seg._offset_at(pos) if pos < seg.size else None
+        log.warning("%s: an fsync failed earlier; discarding what was written after position %d "
+                    "of segment %d", self.path, pos, base)
+        if offset is not None:
+            self._drop_segments_after(i)
+            seg.truncate_to(offset)
+        elif i + 1 < len(self._segments):
+            self._drop_segments_after(i)
+        seg.sync()
+        self._write_recovery_point(*self._tail_point())
+
+    def _tail_point(self):
+        seg = self._segments[-1]
+        return seg, seg.size, seg.max_timestamp
+
+    def _read_recovery_point(self):
+        try:
+            with open(os.path.join(self.path, format.RECOVERY_POINT_FILE), "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None
+        if len(raw) != _RP.size:
+            return None
+        offset, base, pos, ts, crc = _RP.unpack(raw)
+        if _bridge.crc32c(raw[:-4]) != crc:
+            log.warning("%s: ignoring a damaged recovery point", self.path)
+            return None
+        return offset, base, pos, ts
+
+    def _write_recovery_point(self, seg, position, max_ts):
+        """Record that everything before (seg, position) is durable and valid.
+        Callers fsync the segment first."""
+        offset = seg.next_offset if position == seg.size else seg.base_offset
+        if position not in (0, seg.size):
+            return
+        body = struct.pack(">qqqq", offset, seg.base_offset, position, max_ts)
+        fsutil.write_atomic(os.path.join(self.path, format.RECOVERY_POINT_FILE),
+                            body + struct.pack(">I", _bridge.crc32c(body)))
+        self._since_checkpoint = 0
+
+    # ---- state ----
+    @property
+    def log_start_offset(self):
+        return self._segments[0].base_offset
+
+    @property
+    def next_offset(self):
+        """The log end offset (high watermark on one machine), as this process knows it."""
+        return self._segments[-1].next_offset
+
+    @property
+    def size_bytes(self):
+        return sum(s.size for s in self._segments)
+
+    def segments(self):
+        return list(self._segments)
+
+    # ---- catching up with other processes ----
+    def refresh(self):
+        """Take in batches other processes appended since we last looked.
+
+        Without the lock, stops quietly before an incomplete or invalid batch
+        (a writer may be in the middle of it); with the lock held, such bytes
+        can only come from a writer that died, and are cut off."""
+        with self._mutex:
+            while True:
+                seg = self._segments[-1]
+                size = os.fstat(seg.fd).st_size
+                if size != seg.size:
+                    self._take_tail(seg, size)
+                nxt = os.path.join(self.path, format.segment_name(seg.next_offset, format.LOG_SUFFIX))
+                if seg.next_offset == seg.base_offset or not os.path.exists(nxt):
+                    return
+                new = Segment(self.path, seg.next_offset, self.config.index_interval_bytes)
+                new.recover(self.config.max_batch_size) if self._lock_depth else self._peek(new)
+                self._segments.append(new)
+                self._bases.append(new.base_offset)
+
+    def _peek(self, seg):
+        seg.next_offset = seg.base_offset
+        seg.size = 0
+        seg._index_loaded = True
+        seg._load_index()
+        self._take_tail(seg, os.fstat(seg.fd).st_size)
+
+    def _take_tail(self, seg, file_size):
+        if file_size < seg.size:
+            raise StorageError("%s shrank from %d to %d bytes under us" % (seg.log_path, seg.size, file_size))
+        infos, valid_end, rc = seg.scan_from(seg.size, seg.next_offset, self.config.max_batch_size,
+                                             file_size)
+        if infos:
+            seg._index_batches([_rebase(bi, -seg.size) for bi in infos], seg.size, write=False)
+            seg.size = valid_end
+            seg.next_offset = infos[-1].next_offset
+        if rc and self._lock_depth:
+            log.warning("%s: cutting %d bytes left by a failed writer at position %d (%s)",
+                        seg.log_path, file_size - valid_end, valid_end, _bridge.SCAN_REASONS.get(rc, rc))
+            os.ftruncate(seg.fd, valid_end)
+
+    # ---- appending ----
+    def append(self, batches, hook=None, sync=None):
+        """Append whole batches (bytes with baseOffset 0) in one write.
+
+        hook, if given, runs under the lock after catching up:
+        hook.before(log, infos, batches) returns per batch None (write it) or an
+        AppendResult (a duplicate or a refusal: do not write it);
+        hook.after(log, written) runs after the write.  Offsets are assigned
+        in order from next_offset to the batches written, so a hook can
+        predict them.  sync overrides the configured pylog.fsync policy.
+        Returns one AppendResult per batch."""
+        if not batches:
+            return []
+        infos = []
+        for b in batches:
+            found, end, rc = _bridge.scan(b, self.config.max_batch_size, True)
+            if rc or len(found) != 1 or end != len(b):
+                raise KafkaException(KafkaError(
+                    KafkaError.CORRUPT_MESSAGE if rc else KafkaError._INVALID_ARG,
+                    "append needs exactly one valid batch per item (%s)" %
+                    _bridge.SCAN_REASONS.get(rc, rc)))
+            if found[0].size > self.config.max_message_bytes + _bridge.HEADER_SIZE:
+                raise KafkaException(KafkaError(
+                    KafkaError.MSG_SIZE_TOO_LARGE,
+                    "batch of %d bytes is over max.message.bytes=%d" % (
+                        found[0].size, self.config.max_message_bytes)))
+            infos.append(found[0])
+        with self.locked():
+            self._check_writable()
+            self.refresh()
+            verdicts = hook.before(self, infos, batches) if hook else [None] * len(infos)
+            results, pending, pending_infos, all_written = [], [], [], []
+            nxt = self.next_offset
+            for b, bi, v in zip(batches, infos, verdicts):
+                if v is not None:
+                    results.append(v)
+                    continue
+                self._maybe_roll(sum(len(w) for w in pending) + bi.size, bi.max_timestamp,
+                                 pending, pending_infos)
+                buf = bytearray(b)
+                struct.pack_into(">q", buf, 0, nxt)
+                struct.pack_into(">i", buf, 12, 0)     # partitionLeaderEpoch: one leader, epoch 0
+                bi.base_offset = nxt
+                nxt = bi.next_offset
+                results.append(AppendResult(bi.base_offset, bi.last_offset, True))
+                pending.append(buf)
+                pending_infos.append(bi)
+                all_written.append(bi)
+            self._write(pending, pending_infos)
+            if hook:
+                hook.after(self, all_written)
+            seg, end = self._segments[-1], self._segments[-1].size
+        if all_written and (sync or self.config.fsync) == "always":
+            self.sync_to(seg, end)
+        return results
+
+    def _maybe_roll(self, pending_bytes, batch_ts, written, written_infos):
+        seg = self._segments[-1]
+        if seg.size == 0 and not written:
+            return
+        full = seg.size + pending_bytes > self.config.segment_bytes
+        # Kafka's segment.ms clock: the incoming batch's timestamp against the
+        # first batch's, so replayed or back-dated data does not roll early.
+        first_ts = seg.first_timestamp()
+        aged = first_ts is not None and first_ts >= 0 and batch_ts - first_ts > self.config.segment_ms
+        offsets = written_infos[-1].next_offset if written_infos else self.next_offset
+        too_many = offsets - seg.base_offset >= 0x7FFFFFFF - 1
+        if full or aged or too_many:
+            self._write(written, written_infos)
+            del written[:], written_infos[:]
+            self._roll()
+
+    def _write(self, written, infos):
+        if not written:
+            return
+        seg = self._segments[-1]
+        data = b"".join(written) if len(written) > 1 else bytes(written[0])
+        pos = 0
+        for bi in infos:
+            bi.position = pos
+            pos += bi.size
+        try:
+            seg.append(data, infos)
+        except StorageError as e:
+            self._failed = str(e)
+            raise
+        failpoints.hit("log.append.after_write")
+        self._unsynced += len(data)
+        self._since_checkpoint += len(data)
+        if (self.config.fsync == "interval" and
+                (time.monotonic() - self._last_sync) * 1000 >= self.config.fsync_interval_ms):
+            self.sync()
+
+    def _roll(self):
+        """Close the active segment (fsynced) and start one at the next offset."""
+        old = self._segments[-1]
+        failpoints.hit("log.roll.before")
+        self.sync()
+        new = Segment(self.path, old.next_offset, self.config.index_interval_bytes, create=True)
+        failpoints.hit("log.roll.created")
+        fsutil.fsync_dir(self.path)
+        self._segments.append(new)
+        self._bases.append(new.base_offset)
+        self._write_recovery_point(new, 0, -1)
+        log.info("%s: rolled to segment %d", self.path, new.base_offset)
+
+    def _check_writable(self):
+        if self._failed:
+            raise StorageError("partition %s refuses writes after an earlier failure: %s"
+                               % (self.path, self._failed))
+
+    def sync_to(self, seg, end):
+        """Make seg durable up to byte end, sharing fsyncs between processes.
+
+        Group commit: appenders fsync outside the append lock, one at a time
+        under the .sync flock.  The .sync file records (segment, position)
+        of the last fsync; whoever finds its own end already covered returns
+        without an fsync of its own, and whoever does fsync covers every byte
+        written so far by anybody."""
+        with self._sync_mutex:
+            fcntl.flock(self._sync_fd, fcntl.LOCK_EX)
+            try:
+                base, pos, failed = self._read_sync_marker()
+                if failed:
+                    self._failed = "an fsync failed in another process"
+                    raise StorageError("partition %s refuses writes: %s" % (self.path, self._failed))
+                if base == seg.base_offset and pos >= end:
+                    return
+                self._check_writable()
+                size = os.fstat(seg.fd).st_size
+                try:
+                    seg.sync()
+                except StorageError as e:
+                    self._failed = str(e)
+                    self._write_sync_marker(seg.base_offset, pos, True)
+                    raise
+                self._write_sync_marker(seg.base_offset, size, False)
+                with self._mutex:
+                    if seg is self._segments[-1]:
+                        self._unsynced = 0
+                        self._last_sync = time.monotonic()
+            finally:
+                fcntl.flock(self._sync_fd, fcntl.LOCK_UN)
+
+    def _read_sync_marker(self):
+        raw = os.pread(self._sync_fd, _SYNC.size, 0)
+        if len(raw) < _SYNC.size:
+            return -1, -1, False
+        return _SYNC.unpack(raw)
+
+    def _write_sync_marker(self, base, pos, failed):
+        os.pwrite(self._sync_fd, _SYNC.pack(base, pos, failed), 0)
+
+    def sync(self):
+        """fsync the active segment; a failure stops all writes to this partition."""
+        with self._mutex:
+            self._check_writable()
+            if not self._unsynced:
+                return
+            seg = self._segments[-1]
+            try:
+                seg.sync()
+            except StorageError as e:
+                self._failed = str(e)
+                raise
+            self._unsynced = 0
+            self._last_sync = time.monotonic()
+            if self._since_checkpoint >= self.config.checkpoint_bytes and self._lock_depth:
+                self._write_recovery_point(*self._tail_point())
+
+    # ---- reading ----
+    def _segment_for(self, offset):
+        i = bisect.bisect_right(self._bases, offset) - 1
+        return self._segments[max(i, 0)], max(i, 0)
+
+    def read(self, offset, max_bytes=1 << 20, upto=None):
+        """Whole batches covering offset onward, as (bytes, [BatchInfo]).
+
+        Returns at least one batch if any exists at or after offset, even if
+        it is bigger than max_bytes, and nothing at or beyond upto.
+        Positions in the infos are relative to the returned bytes.  Raises
+        CorruptRecordError if validated bytes no longer pass their CRC, and
+        KafkaException(OFFSET_OUT_OF_RANGE) for offsets outside the log."""
+        with self._mutex:
+            if offset >= self.next_offset:
+                self.refresh()
+            if offset < self.log_start_offset or offset > self.next_offset:
+                raise KafkaException(KafkaError(
+                    KafkaError.OFFSET_OUT_OF_RANGE,
+                    "offset %d is outside the log [%d, %d] of %s" % (
+                        offset, self.log_start_offset, self.next_offset, self.path)))
+            seg, i = self._segment_for(offset)
+            while offset >= seg.next_offset and i + 1 < len(self._segments):
+                i += 1
+                seg = self._segments[i]
+            end = seg.size
+            pos = seg.lookup(offset)
+        if upto is not None and offset >= upto:
+            return b"", []
+        return self._read_batches(seg, pos, end, offset, max_bytes, upto)
+
+    def _read_batches(self, seg, pos, end, offset, max_bytes, upto):
+        # The index entry may sit up to index.interval.bytes before offset.
+        chunk = max(max_bytes, 4096) + self.config.index_interval_bytes
+        while pos < end:
+            data = seg.read(pos, min(chunk, end - pos))
+            infos, valid, rc = _bridge.scan(data, self.config.max_batch_size, True)
+            if rc not in (0, _bridge.lib.PL_ETORN) or (not infos and len(data) == end - pos):
+                # Bytes below seg.size were validated once: they changed on disk.
+                raise CorruptRecordError("%s: %s at position %d" % (
+                    seg.log_path, _bridge.SCAN_REASONS.get(rc, rc), pos + valid))
+            out, first = [], None
+            for bi in infos:
+                if bi.last_offset < offset:
+                    continue
+                if upto is not None and bi.base_offset >= upto:
+                    break
+                if first is None:
+                    first = bi.position
+                elif bi.position + bi.size - first > max_bytes:
+                    break
+                out.append(bi)
+            if out:
+                last = out[-1]
+                buf = data[first:last.position + last.size]
+                for bi in out:
+                    bi.position -= first
+                return buf, out
+            if infos and (upto is None or infos[-1].base_offset < upto):
+                pos += valid                    # all before offset: read on
+                continue
+            if infos:
+                break
+            # The chunk holds no whole batch: read the first one whole.
+            chunk = struct.unpack_from(">i", data, 8)[0] + 12 if len(data) >= 12 else chunk * 2
+        return b"", []
+
+    def offsets_for_time(self, timestamp):
+        """Earliest offset whose record timestamp is >= timestamp, or -1."""
+        from .codec import decode_batch
+        with self._mutex:
+            segs = list(self._segments)
+        for seg in segs:
+            start = seg.lookup_time(timestamp)
+            pos = seg.lookup(start)
+            infos, _, _ = seg.scan_from(pos, -1, self.config.max_batch_size, seg.size)
+            for bi in infos:
+                if bi.is_control or bi.max_timestamp < timestamp:
+                    continue
+                data = seg.read(bi.position, bi.size)
+                for rec in decode_batch(data, _rebase(bi, -bi.position)):
+                    if rec.timestamp >= timestamp:
+                        return rec.offset
+        return -1
+
+    def batches(self, start_offset, end_offset=None):
+        """Headers (BatchInfo, positions within their segment) of the batches
+        overlapping [start_offset, end_offset), for replaying producer state."""
+        with self._mutex:
+            segs = list(self._segments)
+        for seg in segs:
+            if seg.next_offset is not None and seg.next_offset <= start_offset:
+                continue
+            if end_offset is not None and seg.base_offset >= end_offset:
+                break
+            infos, _, _ = seg.scan_from(seg.lookup(start_offset), -1, self.config.max_batch_size, seg.size)
+            for bi in infos:
+                if bi.last_offset < start_offset:
+                    continue
+                if end_offset is not None and bi.base_offset >= end_offset:
+                    return
+                yield seg, bi
+
+    def truncate_to(self, offset):
+        """Drop every batch at or after offset (used by recovery and tests)."""
+        with self.locked():
+            while len(self._segments) > 1 and self._segments[-1].base_offset >= offset:
+                self._segments.pop().delete()
+                self._bases.pop()
+            self._segments[-1].truncate_to(offset)
+            self._segments[-1].sync()
+            fsutil.fsync_dir(self.path)
+            self._write_recovery_point(*self._tail_point())
+
+    def close(self):
+        with self._mutex:
+            if self._lock_fd is None:
+                return
+            try:
+                if not self._failed and self._unsynced:
+                    with self.locked():
+                        self.sync()
+                        self._write_recovery_point(*self._tail_point())
+            finally:
+                for seg in self._segments:
+                    seg.close()
+                os.close(self._lock_fd)
+                os.close(self._sync_fd)
+                self._lock_fd = None
+
+    def __repr__(self):
+        return "PartitionLog(%s, segments=%d, next_offset=%s)" % (
+            self.path, len(self._segments), self.next_offset)
+
+
+def _rebase(bi, delta):
+    bi.position += delta
+    return bi

@@ -1,0 +1,278 @@
+"""The store's LMDB environment: producer state, transaction state, the
+aborted-transaction index, group offsets and topic configs.
+
+Named databases and their keys (pk = topic UTF-8 + 0x00 + int32 BE partition):
+
+    topics      topic                          -> JSON {"partitions": n, "config": {...}}
+    counters    b"producer_id"                 -> int64 BE, next producer id to hand out
+    pstate      pk + int64 BE producer_id      -> producer state (dedup.c layout)
+    partitions  pk                             -> int64 BE state_end_offset: producer
+                                                  state reflects the log below it
+    txn_open    pk + int64 BE first_offset + int64 BE producer_id -> b""
+                                                  (open transactions; the smallest
+                                                  first_offset is the LSO)
+    aborted     pk + int64 BE last_offset + int64 BE producer_id
+                                               -> int64 BE first_offset + int64 BE lso
+    txns        transactional.id UTF-8         -> JSON coordinator state
+    offsets     group + 0x00 + pk              -> JSON {"offset": o, "metadata": m}
+    groups      group UTF-8                    -> JSON membership (consumer groups)
+
+LMDB rules followed here (from its documentation): an environment is opened
+after fork, never inherited; stale reader slots of dead processes are cleared
+on open (reader_check); the map grows when full (MapFullError: grow, then
+retry the whole write) and other processes adopt a grown map
+(MapResizedError: set_mapsize(0), retry); a write transaction is always
+committed or aborted, never left open.
+
+Durability: the environment is opened with metasync off, so each commit costs
+one fdatasync and a system crash can at worst undo the last commit, never
+corrupt the tree.  Everything undone that way is also in the logs (producer
+state, aborted index) or was not yet acknowledged.
+"""
+import json
+import os
+import struct
+import threading
+
+import lmdb
+
+from .errors import KafkaError, KafkaException
+
+_DBS = (b"topics", b"counters", b"pstate", b"partitions", b"txn_open", b"aborted",
+        b"txns", b"offsets", b"groups")
+_Q = struct.Struct(">q")
+_QQ = struct.Struct(">qq")
+INITIAL_MAP_SIZE = 64 << 20
+MAX_MAP_SIZE = 1 << 40
+
+
+def pkey(topic, partition):
+    return topic.encode("utf-8") + b"\x00" + partition.to_bytes(4, "big")
+
+
+def split_pkey(key):
+    topic, _, part = key[:len(key) - 4], None, key[-4:]
+    return topic[:-1].decode("utf-8"), int.from_bytes(part, "big")
+
+
+class Meta:
+    """One LMDB environment per store and process.  Thread-safe."""
+
+    def __init__(self, path, sync=True):
+        self.path = path
+        self.sync = sync
+        os.makedirs(path, exist_ok=True)
+        self._lock = threading.Lock()
+        self._open()
+
+    def _open(self):
+        self._pid = os.getpid()
+        self.env = lmdb.open(self.path, map_size=INITIAL_MAP_SIZE, max_dbs=len(_DBS) + 4,
+                             metasync=False, sync=self.sync, max_readers=1024, readahead=False)
+        self.env.reader_check()
+        self.db = {}
+        with self.env.begin(write=True) as txn:
+            for name in _DBS:
+                self.db[name.decode()] = self.env.open_db(name, txn=txn)
+
+    def _env(self):
+        if self._pid != os.getpid():        # we are a forked child: LMDB forbids reuse
+            self._open()
+        return self.env
+
+    def close(self):
+        if self.env is not None and self._pid == os.getpid():
+            self.env.close()
+        self.env = None
+
+    # ---- transactions ----
+    def update(self, fn):
+        """Run fn(txn) in a write transaction and commit; returns fn's result.
+
+        fn may run more than once (after a map resize), so it must only act
+        through txn."""
+        for _ in range(64):
+            env = self._env()
+            try:
+                txn = env.begin(write=True)
+            except lmdb.MapResizedError:
+                env.set_mapsize(0)
+                continue
+            try:
+                result = fn(txn)
+                txn.commit()
+                return result
+            except lmdb.MapFullError:
+                txn.abort()
+                self._grow()
+            except BaseException:
+                txn.abort()
+                raise
+        raise KafkaException(KafkaError(KafkaError._FS, "LMDB write kept failing at %s" % self.path))
+
+    def view(self, fn):
+        """Run fn(txn) in a read transaction; returns fn's result."""
+        for _ in range(64):
+            env = self._env()
+            try:
+                with env.begin() as txn:
+                    return fn(txn)
+            except lmdb.MapResizedError:
+                env.set_mapsize(0)
+        raise KafkaException(KafkaError(KafkaError._FS, "LMDB read kept failing at %s" % self.path))
+
+    def _grow(self):
+        size = self.env.info()["map_size"] * 2
+        if size > MAX_MAP_SIZE:
+            raise KafkaException(KafkaError(
+                KafkaError._FS, "LMDB map at %s would exceed %d bytes" % (self.path, MAX_MAP_SIZE)))
+        self.env.set_mapsize(size)
+
+    def flush(self):
+        """Force every commit so far to disk (for stores opened with sync=False)."""
+        self._env().sync(True)
+
+    # ---- topics ----
+    def get_topic(self, txn, topic):
+        raw = txn.get(topic.encode("utf-8"), db=self.db["topics"])
+        return json.loads(raw) if raw else None
+
+    def put_topic(self, txn, topic, desc):
+        txn.put(topic.encode("utf-8"), json.dumps(desc, sort_keys=True).encode(), db=self.db["topics"])
+
+    def delete_topic(self, txn, topic):
+        txn.delete(topic.encode("utf-8"), db=self.db["topics"])
+
+    def topics(self, txn):
+        with txn.cursor(db=self.db["topics"]) as cur:
+            return {k.decode("utf-8"): json.loads(v) for k, v in cur}
+
+    # ---- producer ids ----
+    def next_producer_id(self, txn):
+        raw = txn.get(b"producer_id", db=self.db["counters"])
+        pid = _Q.unpack(raw)[0] if raw else 1000
+        txn.put(b"producer_id", _Q.pack(pid + 1), db=self.db["counters"])
+        return pid
+
+    # ---- per-partition producer state ----
+    def get_pstate(self, txn, pk, producer_id):
+        return txn.get(pk + _Q.pack(producer_id), db=self.db["pstate"])
+
+    def put_pstate(self, txn, pk, producer_id, raw):
+        txn.put(pk + _Q.pack(producer_id), raw, db=self.db["pstate"])
+
+    def delete_pstate(self, txn, pk, producer_id):
+        txn.delete(pk + _Q.pack(producer_id), db=self.db["pstate"])
+
+    def pstates(self, txn, pk):
+        """[(producer_id, raw state)] of one partition."""
+        out = []
+        with txn.cursor(db=self.db["pstate"]) as cur:
+            if cur.set_range(pk):
+                for k, v in cur:
+                    if not k.startswith(pk) or len(k) != len(pk) + 8:
+                        break
+                    out.append((_Q.unpack_from(k, len(pk))[0], v))
+        return out
+
+    def get_state_end(self, txn, pk):
+        raw = txn.get(pk, db=self.db["partitions"])
+        return _Q.unpack(raw)[0] if raw else 0
+
+    def put_state_end(self, txn, pk, offset):
+        txn.put(pk, _Q.pack(offset), db=self.db["partitions"])
+
+    # ---- open transactions and the LSO ----
+    def add_open_txn(self, txn, pk, first_offset, producer_id):
+        txn.put(pk + _QQ.pack(first_offset, producer_id), b"", db=self.db["txn_open"])
+
+    def remove_open_txn(self, txn, pk, first_offset, producer_id):
+        txn.delete(pk + _QQ.pack(first_offset, producer_id), db=self.db["txn_open"])
+
+    def open_txns(self, txn, pk):
+        """[(first_offset, producer_id)] ascending."""
+        out = []
+        with txn.cursor(db=self.db["txn_open"]) as cur:
+            if cur.set_range(pk):
+                for k in cur.iternext(values=False):
+                    if not k.startswith(pk) or len(k) != len(pk) + 16:
+                        break
+                    out.append(_QQ.unpack_from(k, len(pk)))
+        return out
+
+    def first_open_offset(self, txn, pk):
+        with txn.cursor(db=self.db["txn_open"]) as cur:
+            if cur.set_range(pk):
+                k = cur.key()
+                if k.startswith(pk) and len(k) == len(pk) + 16:
+                    return _Q.unpack_from(k, len(pk))[0]
+        return None
+
+    # ---- aborted transactions ----
+    def add_aborted(self, txn, pk, producer_id, first_offset, last_offset, lso):
+        txn.put(pk + _QQ.pack(last_offset, producer_id), _QQ.pack(first_offset, lso),
+                db=self.db["aborted"])
+
+    def aborted_txns(self, txn, pk, fetch_offset, upper_bound):
+        """[(producer_id, first_offset, last_offset)] of aborted transactions
+        with last_offset >= fetch_offset and first_offset < upper_bound."""
+        out = []
+        with txn.cursor(db=self.db["aborted"]) as cur:
+            if cur.set_range(pk + _Q.pack(fetch_offset)):
+                for k, v in cur:
+                    if not k.startswith(pk) or len(k) != len(pk) + 16:
+                        break
+                    last, pid = _QQ.unpack_from(k, len(pk))
+                    first, _ = _QQ.unpack(v)
+                    if first < upper_bound:
+                        out.append((pid, first, last))
+        out.sort(key=lambda e: e[1])
+        return out
+
+    # ---- transactional ids ----
+    def get_txn(self, txn, transactional_id):
+        raw = txn.get(transactional_id.encode("utf-8"), db=self.db["txns"])
+        return json.loads(raw) if raw else None
+
+    def put_txn(self, txn, transactional_id, state):
+        txn.put(transactional_id.encode("utf-8"), json.dumps(state, sort_keys=True).encode(),
+                db=self.db["txns"])
+
+    def txn_ids(self, txn):
+        with txn.cursor(db=self.db["txns"]) as cur:
+            return {k.decode("utf-8"): json.loads(v) for k, v in cur}
+
+    # ---- group offsets ----
+    @staticmethod
+    def _okey(group, topic, partition):
+        return group.encode("utf-8") + b"\x00" + pkey(topic, partition)
+
+    def get_offset(self, txn, group, topic, partition):
+        raw = txn.get(self._okey(group, topic, partition), db=self.db["offsets"])
+        return json.loads(raw) if raw else None
+
+    def put_offset(self, txn, group, topic, partition, offset, metadata=None):
+        txn.put(self._okey(group, topic, partition),
+                json.dumps({"offset": offset, "metadata": metadata}).encode(), db=self.db["offsets"])
+
+    def delete_offset(self, txn, group, topic, partition):
+        txn.delete(self._okey(group, topic, partition), db=self.db["offsets"])
+
+    def group_offsets(self, txn, group):
+        """{(topic, partition): record} for one group."""
+        prefix = group.encode("utf-8") + b"\x00"
+        out = {}
+        with txn.cursor(db=self.db["offsets"]) as cur:
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix):
+                        break
+                    out[split_pkey(k[len(prefix):])] = json.loads(v)
+        return out
+
+    def groups(self, txn):
+        names = set()
+        with txn.cursor(db=self.db["offsets"]) as cur:
+            for k in cur.iternext(values=False):
+                names.add(k.split(b"\x00", 1)[0].decode("utf-8"))
+        return sorted(names)

@@ -1,0 +1,248 @@
+"""A store directory as one process sees it: topics, partitions, metadata.
+
+Every client (Producer, Consumer, AdminClient) in a process that names the
+same directory shares one Store (Store.acquire), so a process holds one
+PartitionLog per partition and never flock()s against itself.
+"""
+import os
+import threading
+import time
+
+from . import format
+from .errors import KafkaError, KafkaException
+from .log import LogConfig, PartitionLog
+from .meta import Meta, pkey
+from .producer_state import PartitionState
+
+# Topic configs pylog understands, with Kafka's defaults.
+TOPIC_CONFIG_DEFAULTS = {
+    "segment.bytes": 1 << 30,
+    "segment.ms": 7 * 24 * 3600 * 1000,
+    "index.interval.bytes": 4096,
+    "max.message.bytes": 1048588,
+    "retention.ms": 7 * 24 * 3600 * 1000,
+    "retention.bytes": -1,
+    "cleanup.policy": "delete",
+    "delete.retention.ms": 24 * 3600 * 1000,
+    "min.compaction.lag.ms": 0,
+    "message.timestamp.type": "CreateTime",
+}
+MAX_PARTITIONS = 100000
+
+
+class Partition:
+    """One topic-partition: its log plus its producer state.  Thread-safe."""
+
+    def __init__(self, store, topic, partition, log_config, expiration_ms):
+        self.store = store
+        self.topic = topic
+        self.partition = partition
+        self.pk = pkey(topic, partition)
+        self.log = PartitionLog(os.path.join(store.path, format.partition_dir_name(topic, partition)),
+                                log_config, topic, partition)
+        self.state = PartitionState(topic, partition, expiration_ms)
+        with self.log.locked():
+            store.meta.view(lambda txn: self.state.load(store.meta, txn, self.pk, self.log.next_offset))
+            self.state.catch_up(self.log)
+
+    def append(self, batches, sync=None):
+        """Append batches (bytes, baseOffset 0) with the producer checks.
+
+        This is the partition-level append a retry goes through: re-sending a
+        batch whose outcome was unknown returns its original offsets.
+        Returns one AppendResult per batch."""
+        results = self.log.append(batches, self.state.hook(), sync)
+        if self.state.wants_snapshot():
+            self.snapshot()
+        return results
+
+    def snapshot(self):
+        """Store producer state in LMDB at the current log end (after an fsync)."""
+        with self.log.locked():
+            self.log.refresh()
+            self.state.catch_up(self.log)
+            self.log.sync()
+            meta = self.store.meta
+            meta.update(lambda txn: self.state.snapshot(meta, txn, self.pk))
+            self.state.snapshot_done()
+
+    def refresh(self):
+        """Take in other processes' appends; returns the high watermark."""
+        with self.log._mutex:
+            self.log.refresh()
+            self.state.catch_up(self.log)
+            return self.log.next_offset
+
+    @property
+    def high_watermark(self):
+        return self.log.next_offset
+
+    def last_stable_offset(self):
+        with self.log._mutex:
+            return self.state.lso(self.log.next_offset)
+
+    def close(self):
+        try:
+            if self.state.end != self.state.snapshot_end:
+                self.snapshot()
+        finally:
+            self.log.close()
+
+
+class Store:
+    """A store directory opened by this process.  Thread-safe."""
+
+    _registry = {}
+    _registry_lock = threading.Lock()
+
+    @classmethod
+    def acquire(cls, path, conf=None):
+        """The process's shared Store for path, opened on first use."""
+        key = (os.path.realpath(path), os.getpid())
+        with cls._registry_lock:
+            store = cls._registry.get(key)
+            if store is None:
+                store = cls._registry[key] = cls(path, conf)
+            store._refs += 1
+            return store
+
+    def release(self):
+        with self._registry_lock:
+            self._refs -= 1
+            if self._refs > 0:
+                return
+            self._registry.pop((os.path.realpath(self.path), self._pid), None)
+        self.close()
+
+    def __init__(self, path, conf=None):
+        conf = conf or {}
+        self.path = path
+        self._pid = os.getpid()
+        self._refs = 0
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise KafkaException(KafkaError(KafkaError._FS, "cannot create store %s: %s" % (path, e)))
+        self.fsync = conf.get("pylog.fsync", "never")
+        self.fsync_interval_ms = conf.get("pylog.fsync.interval.ms", 1000)
+        self.expiration_ms = conf.get("pylog.producer.id.expiration.ms", 86400000)
+        self.meta = Meta(os.path.join(path, "meta"))
+        self._partitions = {}
+        self._lock = threading.RLock()
+
+    # ---- topics ----
+    def create_topic(self, name, num_partitions=1, config=None):
+        """Create a topic; KafkaException TOPIC_ALREADY_EXISTS if it exists."""
+        format.validate_topic(name)
+        if not isinstance(num_partitions, int) or isinstance(num_partitions, bool) \
+                or not 1 <= num_partitions <= MAX_PARTITIONS:
+            raise KafkaException(KafkaError(
+                KafkaError.INVALID_PARTITIONS,
+                "num_partitions must be an integer in 1..%d, got %r" % (MAX_PARTITIONS, num_partitions)))
+        cfg = validate_topic_config(config or {})
+
+        def create(txn):
+            if self.meta.get_topic(txn, name) is not None:
+                raise KafkaException(KafkaError(KafkaError.TOPIC_ALREADY_EXISTS,
+                                                "Topic '%s' already exists." % name))
+            self.meta.put_topic(txn, name, {"partitions": num_partitions, "config": cfg,
+                                            "created_ms": int(time.time() * 1000)})
+        self.meta.update(create)
+
+    def topic(self, name):
+        """{"partitions": n, "config": {...}} or None."""
+        return self.meta.view(lambda txn: self.meta.get_topic(txn, name))
+
+    def topics(self):
+        return self.meta.view(self.meta.topics)
+
+    def ensure_topic(self, name):
+        """The topic's descriptor, creating it with one partition if missing
+        (a default Kafka broker's auto.create.topics.enable)."""
+        desc = self.topic(name)
+        if desc is None:
+            try:
+                self.create_topic(name, 1)
+            except KafkaException as e:
+                if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+            desc = self.topic(name)
+        return desc
+
+    def log_config(self, desc):
+        cfg = dict(TOPIC_CONFIG_DEFAULTS)
+        cfg.update(desc.get("config", {}))
+        return LogConfig(segment_bytes=cfg["segment.bytes"], segment_ms=cfg["segment.ms"],
+                         index_interval_bytes=cfg["index.interval.bytes"],
+                         max_message_bytes=cfg["max.message.bytes"], fsync=self.fsync,
+                         fsync_interval_ms=self.fsync_interval_ms)
+
+    # ---- partitions ----
+    def partition(self, topic, partition):
+        """The Partition object for an existing topic-partition."""
+        key = (topic, partition)
+        p = self._partitions.get(key)
+        if p is not None:
+            return p
+        with self._lock:
+            p = self._partitions.get(key)
+            if p is None:
+                desc = self.topic(topic)
+                if desc is None:
+                    raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART,
+                                                    "Unknown topic %r" % topic))
+                if not isinstance(partition, int) or not 0 <= partition < desc["partitions"]:
+                    raise KafkaException(KafkaError(
+                        KafkaError._UNKNOWN_PARTITION,
+                        "Topic %r has partitions 0..%d, not %r" % (topic, desc["partitions"] - 1, partition)))
+                p = Partition(self, topic, partition, self.log_config(desc), self.expiration_ms)
+                self._partitions[key] = p
+            return p
+
+    def open_partitions(self):
+        return list(self._partitions.values())
+
+    def close(self):
+        with self._lock:
+            parts, self._partitions = list(self._partitions.values()), {}
+        errors = []
+        for p in parts:
+            try:
+                p.close()
+            except Exception as e:          # close the others regardless
+                errors.append(e)
+        self.meta.close()
+        if errors:
+            raise errors[0]
+
+
+def validate_topic_config(config):
+    """Known topic configs with their values checked; unknown ones refused."""
+    if not isinstance(config, dict):
+        raise KafkaException(KafkaError(KafkaError.INVALID_CONFIG, "topic config must be a dict"))
+    out = {}
+    for k, v in config.items():
+        if k not in TOPIC_CONFIG_DEFAULTS:
+            raise KafkaException(KafkaError(KafkaError.INVALID_CONFIG,
+                                            "Unknown topic config name: %s" % k))
+        default = TOPIC_CONFIG_DEFAULTS[k]
+        if isinstance(default, int):
+            try:
+                v = int(v)
+            except (TypeError, ValueError):
+                raise KafkaException(KafkaError(KafkaError.INVALID_CONFIG,
+                                                "Invalid value %r for topic config %s" % (v, k))) from None
+            if v < (-1 if k == "retention.bytes" or k == "retention.ms" else 0):
+                raise KafkaException(KafkaError(KafkaError.INVALID_CONFIG,
+                                                "Invalid value %r for topic config %s" % (v, k)))
+        elif k == "cleanup.policy" and v not in ("delete", "compact", "compact,delete", "delete,compact"):
+            raise KafkaException(KafkaError(KafkaError.INVALID_CONFIG,
+                                            "Invalid value %r for cleanup.policy" % (v,)))
+        elif k == "message.timestamp.type" and v not in ("CreateTime", "LogAppendTime"):
+            raise KafkaException(KafkaError(KafkaError.INVALID_CONFIG,
+                                            "Invalid value %r for message.timestamp.type" % (v,)))
+        out[k] = v
+    if out.get("segment.bytes", 1 << 30) < 14 or out.get("segment.bytes", 0) > 0x7FFFFFFF:
+        raise KafkaException(KafkaError(KafkaError.INVALID_CONFIG,
+                                        "segment.bytes must be in 14..2147483647"))
+    return out
