@@ -202,3 +202,12 @@ int  pl_pstate_decode(const uint8_t *in, size_t len, pl_pstate *s);
  * default partitioner would put it: (murmur2(key) & 0x7fffffff) % partitions. */
 int32_t  pl_murmur2(const char *key, size_t len);
 int32_t  pl_partition_for_key(const char *key, size_t len, int32_t num_partitions);
+
+/* ---- cross-process wake-up (notify.c) ----
+ * A shared, mmap()ed counter: writers bump it after every append and wake
+ * waiters; a consumer with nothing to read sleeps until it changes (a futex
+ * on Linux, a short sleep elsewhere).  Layout: uint32 seq, uint32 waiters. */
+uint32_t pl_notify_seq(uint32_t *shared);
+void     pl_notify_bump(uint32_t *shared);
+/* Returns 0 when woken or the counter moved, 1 on timeout. */
+int      pl_notify_wait(uint32_t *shared, uint32_t seen, int64_t timeout_us);

@@ -10,9 +10,10 @@ from .message import (Message, TopicPartition, OFFSET_BEGINNING, OFFSET_END, OFF
                       OFFSET_INVALID, TIMESTAMP_NOT_AVAILABLE, TIMESTAMP_CREATE_TIME,
                       TIMESTAMP_LOG_APPEND_TIME)
 from .producer import Producer
+from .consumer import Consumer
 
 __version__ = "0.1.0"
 
-__all__ = ["Producer", "Message", "TopicPartition", "KafkaError", "KafkaException",
+__all__ = ["Producer", "Consumer", "Message", "TopicPartition", "KafkaError", "KafkaException",
            "OFFSET_BEGINNING", "OFFSET_END", "OFFSET_STORED", "OFFSET_INVALID",
            "TIMESTAMP_NOT_AVAILABLE", "TIMESTAMP_CREATE_TIME", "TIMESTAMP_LOG_APPEND_TIME"]

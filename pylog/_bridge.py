@@ -294,3 +294,39 @@ def decode_headers(buf, count):
         res.append((bytes(buf[kp:kp + kl]).decode("utf-8", "replace"),
                     None if vl < 0 else bytes(buf[vp:vp + vl])))
     return res
+
+
+# ---- cross-process wake-up ----
+class Notifier:
+    """The store's shared wake-up counter (csrc/notify.c), in an mmap()ed file."""
+
+    SIZE = 64
+
+    def __init__(self, path):
+        import mmap
+        import os
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size < self.SIZE:
+                os.ftruncate(fd, self.SIZE)
+            self._map = mmap.mmap(fd, self.SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        self._ptr = ffi.cast("uint32_t *", ffi.from_buffer(self._map))
+
+    def seq(self):
+        return lib.pl_notify_seq(self._ptr)
+
+    def bump(self):
+        lib.pl_notify_bump(self._ptr)
+
+    def wait(self, seen, timeout):
+        """Sleep until the counter moves from seen or timeout seconds pass."""
+        return lib.pl_notify_wait(self._ptr, seen, int(timeout * 1e6)) == 0
+
+    def close(self):
+        self._ptr = None
+        try:
+            self._map.close()
+        except BufferError:         # a cffi view is still alive; the GC unmaps it
+            pass

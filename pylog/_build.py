@@ -11,7 +11,7 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(HERE), "csrc")
-SOURCES = ["crc32c.c", "batch.c", "dedup.c", "partition.c"]
+SOURCES = ["crc32c.c", "batch.c", "dedup.c", "partition.c", "notify.c"]
 
 
 def _cdef_text():

@@ -91,13 +91,20 @@ def _check_bound(bound, limit, what):
 
 
 def _gunzip(data, limit):
-    d = zlib.decompressobj(47)          # 32 + 15: accept a gzip or zlib header
-    out = d.decompress(data, limit + 1)
-    if len(out) > limit:
-        _check_bound(len(out), limit, "gzip")
-    if not d.eof:
-        raise CorruptRecordError("gzip batch is truncated")
-    return out
+    # Java's GZIPInputStream reads concatenated members, so a batch may hold several.
+    parts, total = [], 0
+    while True:
+        d = zlib.decompressobj(47)      # 32 + 15: accept a gzip or zlib header
+        out = d.decompress(data, limit + 1 - total)
+        total += len(out)
+        if total > limit:
+            _check_bound(total, limit, "gzip")
+        if not d.eof:
+            raise CorruptRecordError("gzip batch is truncated")
+        parts.append(out)
+        data = d.unused_data
+        if not data:
+            return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _unsnappy(data, limit):

@@ -161,8 +161,8 @@ class Producer:
             if self._queued_msgs >= self._max_queue_msgs or \
                     self._queued_bytes + size > self._max_queue_bytes:
                 raise BufferError("Local: Queue full")
-            if self._txn is not None:
-                self._txn.on_produce(topic, partition)
+            if self._txn is not None and self._txn.state != _IN_TXN:
+                raise self._txn.not_in_txn("produce")
             b = self._acc.get((topic, partition))
             if b is not None and (len(b.msgs) >= self._batch_msgs or b.bytes + size > self._batch_size):
                 self._close_batch(b)
@@ -243,6 +243,12 @@ class Producer:
             by_part = collections.OrderedDict()
             for b in batches:
                 by_part.setdefault((b.topic, b.partition), []).append(b)
+            if self._txn is not None:
+                err = self._txn.add_partitions(list(by_part))
+                if err is not None:
+                    for b in batches:
+                        self._report(b, -1001, err)
+                    return
             for (topic, partition), group in by_part.items():
                 self._write_partition(topic, partition, group)
 
@@ -272,23 +278,34 @@ class Producer:
                 if next_seq is not None and self._idempotent:
                     self._seq[key] = next_seq
                 next_seq = None
+                if self._txn is not None and e.code() in (
+                        KafkaError.INVALID_PRODUCER_EPOCH, KafkaError.PRODUCER_FENCED):
+                    e = KafkaError(KafkaError._FENCED, "Producer fenced by a newer instance: %s"
+                                   % e.str(), fatal=True)
                 if self._idempotent and e.code() in (
                         KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, KafkaError.INVALID_PRODUCER_EPOCH,
-                        KafkaError.PRODUCER_FENCED, KafkaError.UNKNOWN_PRODUCER_ID):
+                        KafkaError.PRODUCER_FENCED, KafkaError.UNKNOWN_PRODUCER_ID, KafkaError._FENCED):
                     self._set_fatal(e)
+                elif self._txn is not None:
+                    self._txn.set_abortable(e)
             self._report(b, r.base_offset if r is not None and e is None else -1001, e)
         if next_seq is not None and self._idempotent:
             self._seq[key] = next_seq
 
     def _seal(self, b, seq):
-        transactional = self._txn is not None and self._txn.in_transaction()
+        transactional = self._txn is not None
         return seal(b.builder, self._producer_id, self._producer_epoch,
                     seq if self._idempotent else -1, transactional, self._codec)
 
     def _set_fatal(self, err):
         if self._fatal is None:
-            self._fatal = KafkaError(KafkaError._FATAL, "Fatal error: %s: %s" % (err.name(), err.str()),
-                                     fatal=True)
+            if err.fatal():
+                self._fatal = err
+            else:
+                self._fatal = KafkaError(KafkaError._FATAL, "Fatal error: %s: %s" % (
+                    err.name(), err.str()), fatal=True)
+            if self._txn is not None:
+                self._txn.state = _FATAL
 
     def _report(self, b, base_offset, err):
         reports = []
@@ -308,6 +325,80 @@ class Producer:
         with self._lock:
             self._queued_msgs -= nmsgs - nreports
             self._queued_bytes -= nbytes
+
+    # ---- transactions ----
+    def init_transactions(self, timeout=None):
+        """Get this transactional.id's producer id and a new epoch, finishing
+        or aborting whatever a previous instance left (and fencing it)."""
+        if self._transactional_id is None:
+            raise KafkaException(KafkaError(KafkaError._NOT_CONFIGURED,
+                                            "The Transactional API requires transactional.id to be configured"))
+        self._raise_fatal()
+        if self._txn is not None and self._txn.state != _INIT:
+            raise KafkaException(KafkaError(KafkaError._STATE, "init_transactions() was already called"))
+        coord = self._store.coordinator
+        try:
+            pid, epoch = coord.init_producer(self._transactional_id, self._conf["transaction.timeout.ms"])
+        except KafkaException as e:
+            raise KafkaException(_with_flags(e.args[0], retriable=e.args[0].retriable()))
+        self._producer_id, self._producer_epoch = pid, epoch
+        self._seq.clear()
+        self._txn = _Txn(self, coord)
+        self._txn.state = _READY
+
+    def begin_transaction(self):
+        self._raise_fatal()
+        if self._txn is None or self._txn.state != _READY:
+            raise KafkaException(KafkaError(KafkaError._STATE, "begin_transaction() needs the ready "
+                                            "state (call init_transactions() first, and end the "
+                                            "current transaction)"))
+        self._txn.begin()
+
+    def send_offsets_to_transaction(self, positions, group_metadata, timeout=None):
+        """Stage the consumer's positions in the transaction: they become the
+        group's committed offsets if and only if the transaction commits."""
+        self._raise_fatal()
+        if self._txn is None or self._txn.state not in (_IN_TXN, _ABORTABLE):
+            raise self._txn.not_in_txn("send_offsets_to_transaction") if self._txn else \
+                KafkaException(KafkaError(KafkaError._STATE, "no transaction"))
+        self._txn.raise_abortable()
+        group = getattr(group_metadata, "group_id", None)
+        if not group:
+            raise KafkaException(KafkaError(KafkaError._INVALID_ARG,
+                                            "group_metadata must come from consumer_group_metadata()"))
+        offsets = [(tp.topic, tp.partition, tp.offset, tp.metadata) for tp in positions
+                   if tp.offset >= 0]
+        if offsets:
+            self._txn.call(lambda c, pid, ep: c.add_offsets(self._transactional_id, pid, ep, group, offsets))
+
+    def commit_transaction(self, timeout=None):
+        """Flush, then commit atomically: the records, on every partition,
+        and any offsets sent to the transaction."""
+        self._raise_fatal()
+        if self._txn is None or self._txn.state not in (_IN_TXN, _ABORTABLE):
+            raise KafkaException(KafkaError(KafkaError._STATE, "commit_transaction() needs an open transaction"))
+        self._txn.raise_abortable()
+        left = self.flush(timeout)
+        if left:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT,
+                                            "%d messages still queued at the timeout" % left, retriable=True))
+        self._raise_fatal()
+        self._txn.raise_abortable()
+        self._txn.end(commit=True)
+
+    def abort_transaction(self, timeout=None):
+        """Drop what is not yet written, then abort: nothing of the
+        transaction becomes visible to read_committed consumers."""
+        self._raise_fatal()
+        if self._txn is None or self._txn.state not in (_IN_TXN, _ABORTABLE):
+            raise KafkaException(KafkaError(KafkaError._STATE, "abort_transaction() needs an open transaction"))
+        self.purge()
+        self._serve()
+        self._txn.end(commit=False)
+
+    def _raise_fatal(self):
+        if self._fatal is not None:
+            raise KafkaException(self._fatal)
 
     # ---- serving delivery reports ----
     def poll(self, timeout=None):
@@ -403,6 +494,87 @@ class Producer:
                 self._wake.set()
         except Exception:
             pass
+
+
+_INIT, _READY, _IN_TXN, _ABORTABLE, _FATAL = "Init", "Ready", "InTransaction", "AbortableError", "FatalError"
+
+
+def _with_flags(err, **flags):
+    return KafkaError(err.code(), err.str(), fatal=flags.get("fatal", err.fatal()),
+                      retriable=flags.get("retriable", err.retriable()),
+                      txn_requires_abort=flags.get("txn_requires_abort", err.txn_requires_abort()))
+
+
+class _Txn:
+    """The producer side of a transactional.id: state and partitions added."""
+
+    def __init__(self, producer, coordinator):
+        self.p = producer
+        self.coord = coordinator
+        self.state = _INIT
+        self.added = set()
+        self.error = None
+
+    def not_in_txn(self, what):
+        return KafkaException(KafkaError(KafkaError._STATE, "%s() is not allowed in state %s: "
+                                         "a transactional producer writes only inside a "
+                                         "transaction" % (what, self.state)))
+
+    def begin(self):
+        self.state = _IN_TXN
+        self.added.clear()
+        self.error = None
+
+    def set_abortable(self, err):
+        if self.state == _IN_TXN:
+            self.state = _ABORTABLE
+            self.error = err
+
+    def raise_abortable(self):
+        if self.state == _ABORTABLE:
+            raise KafkaException(KafkaError(
+                KafkaError.TRANSACTION_ABORTABLE if self.error is None else self.error.code(),
+                "The transaction must be aborted: %s" % (self.error.str() if self.error else ""),
+                txn_requires_abort=True))
+
+    def call(self, fn):
+        """Run a coordinator call; fencing makes the producer fatal."""
+        p = self.p
+        try:
+            return fn(self.coord, p._producer_id, p._producer_epoch)
+        except KafkaException as e:
+            err = e.args[0]
+            if err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):
+                p._set_fatal(err)
+                raise KafkaException(p._fatal) from None
+            raise
+
+    def add_partitions(self, parts):
+        """Register parts with the coordinator before writing to them;
+        returns the error to report, or None."""
+        new = [tp for tp in parts if tp not in self.added]
+        if not new:
+            return None
+        try:
+            self.call(lambda c, pid, ep: c.add_partitions(self.p._transactional_id, pid, ep, new))
+        except KafkaException as e:
+            if not e.args[0].fatal():
+                self.set_abortable(e.args[0])
+            return e.args[0]
+        self.added.update(new)
+        return None
+
+    def in_transaction(self):
+        return self.state in (_IN_TXN, _ABORTABLE)
+
+    def end(self, commit):
+        p = self.p
+        epoch = self.call(lambda c, pid, ep: c.end_txn(p._transactional_id, pid, ep, commit))
+        p._producer_epoch = epoch           # KIP-890: every end bumps the epoch
+        p._seq.clear()
+        self.state = _READY
+        self.added.clear()
+        self.error = None
 
 
 def _kafka_client(kind, conf):

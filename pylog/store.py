@@ -12,6 +12,7 @@ from . import format
 from .errors import KafkaError, KafkaException
 from .log import LogConfig, PartitionLog
 from .meta import Meta, pkey
+from ._bridge import Notifier
 from .producer_state import PartitionState
 
 # Topic configs pylog understands, with Kafka's defaults.
@@ -52,6 +53,7 @@ class Partition:
         batch whose outcome was unknown returns its original offsets.
         Returns one AppendResult per batch."""
         results = self.log.append(batches, self.state.hook(), sync)
+        self.store.notifier.bump()
         if self.state.wants_snapshot():
             self.snapshot()
         return results
@@ -127,8 +129,43 @@ class Store:
         self.fsync_interval_ms = conf.get("pylog.fsync.interval.ms", 1000)
         self.expiration_ms = conf.get("pylog.producer.id.expiration.ms", 86400000)
         self.meta = Meta(os.path.join(path, "meta"))
+        self.notifier = Notifier(os.path.join(path, "notify"))
         self._partitions = {}
         self._lock = threading.RLock()
+        self._coordinator = None
+        self._closed = False
+        self._timer = None
+
+    @property
+    def coordinator(self):
+        """The transaction coordinator; created on first use, when it also
+        rolls forward any Prepare* left by a crashed owner and starts the
+        transaction.timeout.ms timer."""
+        if self._coordinator is None:
+            with self._lock:
+                if self._coordinator is None:
+                    from .txn import Coordinator
+                    c = Coordinator(self)
+                    c.recover()
+                    c.abort_expired()
+                    self._coordinator = c
+                    self._timer = threading.Thread(target=self._timer_loop, daemon=True,
+                                                   name="pylog-txn-timeout")
+                    self._timer.start()
+        return self._coordinator
+
+    def _timer_loop(self):
+        """Abort transactions past transaction.timeout.ms: no broker process
+        exists, so every process with the store open keeps this watch."""
+        while not self._closed:
+            time.sleep(0.5)
+            if self._closed:
+                return
+            try:
+                self._coordinator.abort_expired()
+            except Exception as e:             # keep watching; the next round retries
+                import logging
+                logging.getLogger("pylog.txn").warning("timeout check failed: %s", e)
 
     # ---- topics ----
     def create_topic(self, name, num_partitions=1, config=None):
@@ -203,6 +240,7 @@ class Store:
         return list(self._partitions.values())
 
     def close(self):
+        self._closed = True
         with self._lock:
             parts, self._partitions = list(self._partitions.values()), {}
         errors = []
@@ -212,6 +250,7 @@ class Store:
             except Exception as e:          # close the others regardless
                 errors.append(e)
         self.meta.close()
+        self.notifier.close()
         if errors:
             raise errors[0]
 

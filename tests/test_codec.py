@@ -657,7 +657,8 @@ BAD_REGIONS = {
     "header_value_length_minus_2": (raw_record(header_count=1, tail=varint(1) + b"k" + varint(-2)), 1),
     "offset_delta_negative": (raw_record(offset_delta=-1), 1),
     # offsetDelta 2^32 in a 5-byte varint: in bounds, but not an int32.
-    "offset_delta_5_byte_varint_over_int32": (framed(b"\x00\x00" + b"\x80\x80\x80\x80\x20" + b"\x01\x01\x00"), 1),
+    "offset_delta_5_byte_varint_over_int32": (
+        framed(b"\x00\x00" + b"\x80\x80\x80\x80\x20" + b"\x01\x01\x00"), 1),
     "garbage_inside_record_after_headers": (raw_record(tail=b"\x00\x00"), 1),
 }
 

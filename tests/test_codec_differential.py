@@ -30,7 +30,6 @@ from pylog._native import lib
 INT32_MAX = 0x7FFFFFFF
 ALL_CODECS = {"none": compression.NONE, "gzip": compression.GZIP, "snappy": compression.SNAPPY,
               "lz4": compression.LZ4, "zstd": compression.ZSTD}
-COMPRESSED = {k: v for k, v in ALL_CODECS.items() if v}
 PRODUCERS = {
     "no-producer": dict(producer_id=-1, producer_epoch=-1, base_sequence=-1, transactional=False),
     "idempotent": dict(producer_id=4242, producer_epoch=7, base_sequence=1000, transactional=False),
@@ -209,9 +208,11 @@ def test_pylog_control_batches_read_as_control_records_in_kafka_python(commit, c
 def kafka_control_batch(producer_id, producer_epoch, commit, coordinator_epoch, timestamp):
     """A marker made with kafka-python's primitives: the builder never sets the
     control bit (only brokers write markers), so set it and redo the CRC."""
-    buf = bytearray(kafka_build(
-        [(timestamp, struct.pack(">hh", 0, 1 if commit else 0), struct.pack(">hi", 0, coordinator_epoch), [])],
-        producer_id=producer_id, producer_epoch=producer_epoch, base_sequence=-1, transactional=True))
+    key = struct.pack(">hh", 0, 1 if commit else 0)          # version 0, type
+    value = struct.pack(">hi", 0, coordinator_epoch)        # version 0, coordinator epoch
+    buf = bytearray(kafka_build([(timestamp, key, value, [])], producer_id=producer_id,
+                                producer_epoch=producer_epoch, base_sequence=-1,
+                                transactional=True))
     attrs = struct.unpack_from(">h", buf, 21)[0] | DefaultRecordBatch.CONTROL_MASK
     struct.pack_into(">h", buf, 21, attrs)
     struct.pack_into(">I", buf, 17, calc_crc32c(memoryview(buf)[21:]))

@@ -1,0 +1,297 @@
+"""The transaction coordinator: Kafka's transaction state machine in LMDB.
+
+State per transactional.id (meta.txns, JSON):
+    producer_id, producer_epoch, state, partitions [[topic, p]...],
+    offsets {group: [[topic, p, offset, metadata]...]}, timeout_ms,
+    start_ms (first partition added), update_ms
+
+Transitions (Kafka's): Empty|Complete* -> Ongoing -> Prepare* -> Complete*.
+
+The commit point is the durable Prepare* record (LMDB commit with fsync),
+written before any marker.  After it the outcome is decided: markers go to
+every partition of the transaction, then Complete*.  A Prepare* found later
+(the owner crashed) is rolled forward by whoever opens the store; markers
+already present are detected from the partition's producer state, so none
+is written twice.
+
+Every end of a transaction bumps the epoch (KIP-890): markers carry the new
+epoch, so a delayed write of the finished transaction is fenced by the
+partition (INVALID_PRODUCER_EPOCH) instead of joining the next one.
+
+Concurrency: each transactional.id has a lock file (flock) held while its
+transaction ends, so an owner finishing its commit and another process
+rolling the same Prepare* forward never interleave.  The LMDB write lock
+orders everything else.
+"""
+import fcntl
+import hashlib
+import logging
+import os
+import threading
+import time
+from contextlib import contextmanager
+
+from .codec import control_batch
+from .errors import KafkaError, KafkaException
+from .meta import pkey
+
+log = logging.getLogger("pylog.txn")
+
+EMPTY, ONGOING = "Empty", "Ongoing"
+PREPARE_COMMIT, PREPARE_ABORT = "PrepareCommit", "PrepareAbort"
+COMPLETE_COMMIT, COMPLETE_ABORT = "CompleteCommit", "CompleteAbort"
+MAX_EPOCH = 32766                 # epochs are int16; Kafka rotates the producer id before overflow
+MAX_TIMEOUT_MS = 900000           # transaction.max.timeout.ms, Kafka's default
+COORDINATOR_EPOCH = 0
+
+
+def _now_ms():
+    return int(time.time() * 1000)
+
+
+def fenced(tid, pid, epoch, state):
+    return KafkaException(KafkaError(
+        KafkaError._FENCED,
+        "Producer fenced: transactional.id %r is now producer %d epoch %d, this producer is %d "
+        "epoch %d" % (tid, state["producer_id"], state["producer_epoch"], pid, epoch), fatal=True))
+
+
+class Coordinator:
+    """Transaction coordinator for one store, shared by the process's producers."""
+
+    def __init__(self, store):
+        self.store = store
+        self.meta = store.meta
+        self._lock_dir = os.path.join(store.path, "txn-locks")
+        os.makedirs(self._lock_dir, exist_ok=True)
+        self._thread_locks = {}
+        self._guard = threading.Lock()
+
+    # ---- locks ----
+    @contextmanager
+    def _tid_lock(self, tid, blocking=True):
+        """flock for tid (and a thread lock, since flock is per open file)."""
+        with self._guard:
+            tl = self._thread_locks.setdefault(tid, threading.Lock())
+        if not tl.acquire(blocking):
+            yield False
+            return
+        name = hashlib.sha1(tid.encode("utf-8")).hexdigest() + ".lock"
+        fd = os.open(os.path.join(self._lock_dir, name), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+            tl.release()
+
+    def _get(self, txn, tid):
+        return self.meta.get_txn(txn, tid)
+
+    # ---- InitProducerId ----
+    def init_producer(self, tid, timeout_ms):
+        """(producer_id, epoch) for a new instance of tid; finishes or aborts
+        what the previous instance left, fencing it for good."""
+        if not 1 <= timeout_ms <= MAX_TIMEOUT_MS:
+            raise KafkaException(KafkaError(
+                KafkaError.INVALID_TRANSACTION_TIMEOUT,
+                "transaction.timeout.ms %d is outside 1..%d (transaction.max.timeout.ms)"
+                % (timeout_ms, MAX_TIMEOUT_MS)))
+        with self._tid_lock(tid):
+            state = self.meta.view(lambda txn: self._get(txn, tid))
+            if state is not None and state["state"] == ONGOING:
+                log.info("transactional.id %r: aborting the previous instance's open transaction "
+                         "(producer %d epoch %d) and fencing it", tid, state["producer_id"],
+                         state["producer_epoch"])
+                self._prepare(tid, state["producer_id"], state["producer_epoch"], False, fence=True)
+                state = self.meta.view(lambda txn: self._get(txn, tid))
+            if state is not None and state["state"] in (PREPARE_COMMIT, PREPARE_ABORT):
+                self._complete(tid, state)
+
+            def bump(txn):
+                st = self._get(txn, tid)
+                if st is None or st["producer_epoch"] >= MAX_EPOCH:
+                    pid, epoch = self.meta.next_producer_id(txn), 0
+                else:
+                    pid, epoch = st["producer_id"], st["producer_epoch"] + 1
+                st = {"producer_id": pid, "producer_epoch": epoch, "state": EMPTY,
+                      "partitions": [], "offsets": {}, "timeout_ms": timeout_ms,
+                      "start_ms": -1, "update_ms": _now_ms()}
+                self.meta.put_txn(txn, tid, st)
+                return pid, epoch
+            return self.meta.update(bump)
+
+    # ---- AddPartitionsToTxn / AddOffsetsToTxn ----
+    def _check_owner(self, tid, st, pid, epoch):
+        if st is None or st["producer_id"] != pid or st["producer_epoch"] != epoch:
+            raise fenced(tid, pid, epoch, st or {"producer_id": -1, "producer_epoch": -1})
+        if st["state"] in (PREPARE_COMMIT, PREPARE_ABORT):
+            raise KafkaException(KafkaError(
+                KafkaError.CONCURRENT_TRANSACTIONS,
+                "transactional.id %r is completing its previous transaction" % tid, retriable=True))
+
+    def add_partitions(self, tid, pid, epoch, partitions):
+        """Record partitions before the transaction writes to them (durable),
+        so an abort or a roll-forward knows where to put markers."""
+        def add(txn):
+            st = self._get(txn, tid)
+            self._check_owner(tid, st, pid, epoch)
+            have = {tuple(p) for p in st["partitions"]}
+            new = [list(p) for p in partitions if tuple(p) not in have]
+            if not new and st["state"] == ONGOING:
+                return
+            if st["state"] != ONGOING:
+                st["state"], st["start_ms"], st["offsets"] = ONGOING, _now_ms(), {}
+                st["partitions"] = []
+            st["partitions"].extend(new)
+            st["update_ms"] = _now_ms()
+            self.meta.put_txn(txn, tid, st)
+        self.meta.update(add)
+
+    def add_offsets(self, tid, pid, epoch, group, offsets):
+        """Stage the group's offsets in the transaction: visible iff it commits."""
+        def add(txn):
+            st = self._get(txn, tid)
+            self._check_owner(tid, st, pid, epoch)
+            if st["state"] != ONGOING:
+                st["state"], st["start_ms"], st["partitions"], st["offsets"] = ONGOING, _now_ms(), [], {}
+            staged = {(t, p): [t, p, o, m] for t, p, o, m in st["offsets"].get(group, [])}
+            for t, p, o, m in offsets:
+                staged[(t, p)] = [t, p, o, m]
+            st["offsets"][group] = list(staged.values())
+            st["update_ms"] = _now_ms()
+            self.meta.put_txn(txn, tid, st)
+        self.meta.update(add)
+
+    # ---- EndTxn ----
+    def end_txn(self, tid, pid, epoch, commit):
+        """Commit or abort; returns the producer's epoch for its next transaction."""
+        with self._tid_lock(tid):
+            st = self.meta.view(lambda txn: self._get(txn, tid))
+            want = PREPARE_COMMIT if commit else PREPARE_ABORT
+            done = COMPLETE_COMMIT if commit else COMPLETE_ABORT
+            if st is not None and st["producer_id"] == pid and st["producer_epoch"] == epoch + 1 \
+                    and st["state"] in (want, done):
+                # A retried EndTxn after the epoch bump: finish it, report success.
+                if st["state"] == want:
+                    self._complete(tid, st)
+                return epoch + 1
+            self._prepare(tid, pid, epoch, commit)
+            st = self.meta.view(lambda txn: self._get(txn, tid))
+            self._complete(tid, st)
+            return st["producer_epoch"]
+
+    def _prepare(self, tid, pid, epoch, commit, fence=False):
+        """Write Prepare* durably (the commit point), bumping the epoch."""
+        def prepare(txn):
+            st = self._get(txn, tid)
+            if st is None or st["producer_id"] != pid or st["producer_epoch"] != epoch:
+                raise fenced(tid, pid, epoch, st or {"producer_id": -1, "producer_epoch": -1})
+            if st["state"] not in (ONGOING, EMPTY, COMPLETE_COMMIT, COMPLETE_ABORT):
+                raise KafkaException(KafkaError(
+                    KafkaError._STATE, "transactional.id %r is in state %s" % (tid, st["state"])))
+            if st["state"] != ONGOING:
+                st["partitions"], st["offsets"] = [], {}
+            if st["producer_epoch"] >= MAX_EPOCH:
+                raise KafkaException(KafkaError(KafkaError._FATAL, "producer epoch exhausted", fatal=True))
+            st["producer_epoch"] += 1
+            st["state"] = PREPARE_COMMIT if commit else PREPARE_ABORT
+            st["update_ms"] = _now_ms()
+            self.meta.put_txn(txn, tid, st)
+        from . import failpoints
+        failpoints.hit("txn.prepare.before")
+        self.meta.update(prepare)
+        failpoints.hit("txn.prepare.after")
+
+    def _complete(self, tid, st):
+        """Markers to every partition of a Prepare* transaction, then Complete*."""
+        from . import failpoints
+        commit = st["state"] == PREPARE_COMMIT
+        pid, epoch = st["producer_id"], st["producer_epoch"]
+        marker = control_batch(pid, epoch, commit, COORDINATOR_EPOCH, _now_ms())
+        for i, (topic, partition) in enumerate(st["partitions"]):
+            part = self.store.partition(topic, partition)
+            if self._has_marker(part, pid, epoch):
+                continue
+            res = part.append([marker])[0]
+            if res.error is not None and res.error.code() != KafkaError.PRODUCER_FENCED:
+                raise KafkaException(res.error)
+            failpoints.hit("txn.marker.after")
+
+        def complete(txn):
+            cur = self._get(txn, tid)
+            if cur is None or cur["producer_id"] != pid or cur["producer_epoch"] != epoch \
+                    or cur["state"] != st["state"]:
+                return                              # someone else completed it
+            if commit:
+                for group, offs in cur["offsets"].items():
+                    for t, p, o, m in offs:
+                        self.meta.put_offset(txn, group, t, p, o, m)
+            cur["state"] = COMPLETE_COMMIT if commit else COMPLETE_ABORT
+            cur["partitions"], cur["offsets"], cur["start_ms"] = [], {}, -1
+            cur["update_ms"] = _now_ms()
+            self.meta.put_txn(txn, tid, cur)
+        self.meta.update(complete)
+        failpoints.hit("txn.complete.after")
+
+    @staticmethod
+    def _has_marker(part, pid, epoch):
+        """True if part already holds this transaction's marker: the producer's
+        state there carries the marker's epoch and no open transaction."""
+        part.refresh()
+        with part.log._mutex:
+            e = part.state.entries.get(pid)
+            return (e is not None and e.producer_epoch >= epoch and pid not in part.state.open_txns)
+
+    # ---- recovery and timeouts ----
+    def recover(self):
+        """Roll forward every Prepare* whose owner is not finishing it right now."""
+        states = self.meta.view(self.meta.txn_ids)
+        for tid, st in states.items():
+            if st["state"] in (PREPARE_COMMIT, PREPARE_ABORT):
+                with self._tid_lock(tid, blocking=False) as got:
+                    if not got:
+                        continue
+                    st = self.meta.view(lambda txn: self._get(txn, tid))
+                    if st and st["state"] in (PREPARE_COMMIT, PREPARE_ABORT):
+                        log.info("transactional.id %r: rolling %s forward", tid, st["state"])
+                        self._complete(tid, st)
+
+    def abort_expired(self, now_ms=None):
+        """Abort (with an epoch bump that fences the owner) every Ongoing
+        transaction older than its transaction.timeout.ms."""
+        now_ms = _now_ms() if now_ms is None else now_ms
+        states = self.meta.view(self.meta.txn_ids)
+        aborted = []
+        for tid, st in states.items():
+            if st["state"] != ONGOING or now_ms - st["start_ms"] <= st["timeout_ms"]:
+                continue
+            with self._tid_lock(tid, blocking=False) as got:
+                if not got:
+                    continue
+                cur = self.meta.view(lambda txn: self._get(txn, tid))
+                if not cur or cur["state"] != ONGOING or now_ms - cur["start_ms"] <= cur["timeout_ms"]:
+                    continue
+                log.warning("transactional.id %r: transaction of producer %d epoch %d exceeded "
+                            "transaction.timeout.ms=%d; aborting it and fencing the producer",
+                            tid, cur["producer_id"], cur["producer_epoch"], cur["timeout_ms"])
+                try:
+                    self._prepare(tid, cur["producer_id"], cur["producer_epoch"], False, fence=True)
+                except KafkaException:
+                    continue                         # the owner moved on meanwhile
+                self._complete(tid, self.meta.view(lambda txn: self._get(txn, tid)))
+                aborted.append(tid)
+        return aborted
+
+    def pending_offsets(self, group):
+        """{(topic, partition)} with offsets staged by an unfinished transaction."""
+        out = set()
+        for st in self.meta.view(self.meta.txn_ids).values():
+            if st["state"] in (ONGOING, PREPARE_COMMIT, PREPARE_ABORT):
+                for t, p, _, _ in st["offsets"].get(group, []):
+                    out.add((t, p))
+        return out
