@@ -186,6 +186,38 @@ int pl_builder_append(pl_builder *b, int64_t timestamp,
     return PL_OK;
 }
 
+int pl_builder_append_many(pl_builder *b, int32_t n, int64_t timestamp,
+                           const int64_t *timestamps,
+                           const char *keys, const int64_t *key_lens,
+                           const char *values, const int64_t *value_lens,
+                           const char *headers, const int64_t *headers_lens,
+                           const int32_t *header_counts)
+{
+    size_t len0 = b->len;
+    int32_t count0 = b->count;
+    int64_t base0 = b->base_ts, max0 = b->max_ts;
+    const char *k = keys, *v = values, *h = headers;
+    for (int32_t i = 0; i < n; i++) {
+        int64_t kl = keys ? key_lens[i] : -1, vl = value_lens[i];
+        int64_t hl = headers ? headers_lens[i] : 0;
+        int32_t hc = headers ? header_counts[i] : 0;
+        int rc = pl_builder_append(b, timestamps ? timestamps[i] : timestamp,
+                                   kl > 0 ? k : NULL, kl, vl > 0 ? v : NULL, vl,
+                                   hl > 0 ? h : NULL, hl, hc);
+        if (rc) {                       /* undo this call's records */
+            b->len = len0;
+            b->count = count0;
+            b->base_ts = base0;
+            b->max_ts = max0;
+            return rc;
+        }
+        if (kl > 0) k += kl;
+        if (vl > 0) v += vl;
+        if (hl > 0) h += hl;
+    }
+    return PL_OK;
+}
+
 uint8_t *pl_builder_records(pl_builder *b, size_t *len)
 {
     *len = b->len - PL_HEADER_SIZE;

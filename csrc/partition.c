@@ -38,3 +38,21 @@ int32_t pl_partition_for_key(const char *key, size_t len, int32_t num_partitions
         return PL_EARG;
     return (int32_t)(((uint32_t)pl_murmur2(key, len) & 0x7fffffffu) % (uint32_t)num_partitions);
 }
+
+int pl_partition_many(int32_t n, const char *keys, const int64_t *key_lens,
+                      int32_t num_partitions, int32_t keyless, int32_t *out)
+{
+    if (num_partitions <= 0)
+        return PL_EARG;
+    const char *k = keys;
+    for (int32_t i = 0; i < n; i++) {
+        int64_t kl = key_lens[i];
+        if (kl < 0) {
+            out[i] = keyless;
+            continue;
+        }
+        out[i] = pl_partition_for_key(k, (size_t)kl, num_partitions);
+        k += kl;
+    }
+    return PL_OK;
+}

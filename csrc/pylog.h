@@ -101,6 +101,16 @@ int      pl_builder_append(pl_builder *b, int64_t timestamp,
                            const char *value, int64_t value_len,
                            const char *headers, int64_t headers_len,
                            int32_t header_count);
+/* Append n records in one call.  values/keys/headers are concatenations of
+ * the records' fields with per-record lengths (-1 = null); keys == NULL
+ * means every key is null, headers == NULL no headers, timestamps == NULL
+ * every record at `timestamp`.  On error nothing of this call is kept. */
+int      pl_builder_append_many(pl_builder *b, int32_t n, int64_t timestamp,
+                                const int64_t *timestamps,
+                                const char *keys, const int64_t *key_lens,
+                                const char *values, const int64_t *value_lens,
+                                const char *headers, const int64_t *headers_lens,
+                                const int32_t *header_counts);
 int32_t  pl_builder_count(const pl_builder *b);
 size_t   pl_builder_size(const pl_builder *b);     /* bytes incl. the 61-byte header */
 /* Bytes one more record would add (for batch.size / message.max.bytes checks). */
@@ -202,6 +212,10 @@ int  pl_pstate_decode(const uint8_t *in, size_t len, pl_pstate *s);
  * default partitioner would put it: (murmur2(key) & 0x7fffffff) % partitions. */
 int32_t  pl_murmur2(const char *key, size_t len);
 int32_t  pl_partition_for_key(const char *key, size_t len, int32_t num_partitions);
+/* Partition of each of n keys (concatenated, lengths in key_lens; -1 = null
+ * key, which gets `keyless`). */
+int      pl_partition_many(int32_t n, const char *keys, const int64_t *key_lens,
+                           int32_t num_partitions, int32_t keyless, int32_t *out);
 
 /* ---- cross-process wake-up (notify.c) ----
  * A shared, mmap()ed counter: writers bump it after every append and wake

@@ -245,14 +245,15 @@ class Builder:
         p = lib.pl_builder_records(self._b, n)
         return ffi.buffer(p, n[0])[:]
 
-    def finish(self, producer_id=-1, producer_epoch=-1, base_sequence=-1, attributes=0):
-        """The finished batch as bytes (baseOffset 0: the log assigns it)."""
+    def finish(self, producer_id=-1, producer_epoch=-1, base_sequence=-1, attributes=0,
+               mutable=False):
+        """The finished batch, bytes or (mutable) a bytearray; baseOffset 0: the log assigns it."""
         n = ffi.new("size_t *")
         p = lib.pl_builder_finish(self._b, producer_id, producer_epoch, base_sequence,
                                   attributes, n)
         if p == ffi.NULL:
             raise KafkaException(KafkaError(KafkaError._INVALID_ARG, "empty batch"))
-        return ffi.buffer(p, n[0])[:]
+        return bytearray(ffi.buffer(p, n[0])) if mutable else ffi.buffer(p, n[0])[:]
 
 
 def record_size(key_len, value_len, headers_len=0, header_count=0, ts_delta=0, offset_delta=0):

@@ -89,10 +89,11 @@ def encode_batch(records, producer_id=NO_PRODUCER_ID, producer_epoch=-1,
 
 
 def seal(builder, producer_id, producer_epoch, base_sequence, transactional, codec):
-    """Finish the builder's records as one batch, compressed if codec != NONE."""
+    """Finish the builder's records as one batch (a bytearray, so the log can
+    stamp its base offset in place), compressed if codec != NONE."""
     attrs = ATTR_TRANSACTIONAL if transactional else 0
     if codec == compression.NONE:
-        return builder.finish(producer_id, producer_epoch, base_sequence, attrs)
+        return builder.finish(producer_id, producer_epoch, base_sequence, attrs, mutable=True)
     count = len(builder)
     if count == 0:
         raise KafkaException(KafkaError(KafkaError._INVALID_ARG, "empty batch"))
@@ -102,7 +103,7 @@ def seal(builder, producer_id, producer_epoch, base_sequence, transactional, cod
     _bridge.write_header(buf, 0, attrs | codec, count - 1, builder.base_timestamp,
                          builder.max_timestamp, producer_id, producer_epoch, base_sequence,
                          count)
-    return bytes(buf)
+    return buf
 
 
 def records_region(buf, info, max_decompressed=compression.DEFAULT_MAX_DECOMPRESSED):

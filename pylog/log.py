@@ -343,7 +343,7 @@ class PartitionLog:
                     continue
                 self._maybe_roll(sum(len(w) for w in pending) + bi.size, bi.max_timestamp,
                                  pending, pending_infos)
-                buf = bytearray(b)
+                buf = b if isinstance(b, bytearray) else bytearray(b)   # stamped in place
                 struct.pack_into(">q", buf, 0, nxt)
                 struct.pack_into(">i", buf, 12, 0)     # partitionLeaderEpoch: one leader, epoch 0
                 bi.base_offset = nxt
@@ -380,7 +380,9 @@ class PartitionLog:
         if not written:
             return
         seg = self._segments[-1]
-        data = b"".join(written) if len(written) > 1 else bytes(written[0])
+        # One write, no copy: writev for several batches (IOV_MAX is 1024).
+        data = written[0] if len(written) == 1 else (
+            list(written) if len(written) <= 1024 else b"".join(written))
         pos = 0
         for bi in infos:
             bi.position = pos
@@ -391,8 +393,8 @@ class PartitionLog:
             self._failed = str(e)
             raise
         failpoints.hit("log.append.after_write")
-        self._unsynced += len(data)
-        self._since_checkpoint += len(data)
+        self._unsynced += pos
+        self._since_checkpoint += pos
         if (self.config.fsync == "interval" and
                 (time.monotonic() - self._last_sync) * 1000 >= self.config.fsync_interval_ms):
             self.sync()

@@ -1,49 +1,28 @@
 """Producer: confluent_kafka.Producer's API over a store directory.
 
-produce() encodes the record straight into a C batch builder for its
-partition (one cffi call).  A batch is written when it is full (batch.size,
-batch.num.messages), when linger.ms has passed (a sender thread), or on
-poll()/flush().  Writing goes through Partition.append, which runs Kafka's
-producer-id/sequence checks under the partition lock, so a batch re-sent
-after an unknown outcome is recognised and not written twice.
-
+produce() validates and queues; pylog.sender encodes and writes.  A topic's
+queue is written when it holds batch.num.messages records or batch.size
+bytes, when linger.ms has passed (a sender thread, as librdkafka's broker
+thread), or on poll()/flush().  Writes go through Partition.append, which
+runs Kafka's producer-id/sequence checks under the partition lock, so a
+batch re-sent after an unknown outcome is recognised and not written twice.
 Sequence numbers are stamped when a batch is written, not when it is
-filled, so purging unwritten batches leaves no gap.
+filled, so purging unwritten records leaves no gap.
 
 Delivery reports (on_delivery(err, msg)) fire from poll(), flush() and
 commit_transaction(), in the calling thread, as in confluent-kafka.
 """
-import collections
-import random
-import threading
 import time
 
 from . import compression, config
-from ._bridge import Builder
-from ._native import ffi, lib
-from .codec import encode_headers, seal
-from .errors import KafkaError, KafkaException, StorageError
-from .message import Message, TIMESTAMP_CREATE_TIME
+from .codec import encode_headers
+from .errors import KafkaError, KafkaException
+from .producer_txn import ABORTABLE, FATAL, IN_TXN, INIT, READY, ProducerTxn, with_flags
+from .sender import Sender, TopicQueue
 from .store import Store
 
 PARTITION_UA = -1
-SEQ_MODULO = 0x80000000         # base sequence wraps from 2^31-1 to 0
-_BATCH_OVERHEAD = 61 + 10       # header plus one record's worst-case framing
-
-
-class _Batch:
-    """Records for one partition, accumulating in a C builder."""
-
-    __slots__ = ("topic", "partition", "builder", "msgs", "bytes", "deadline", "closed")
-
-    def __init__(self, topic, partition, deadline):
-        self.topic = topic
-        self.partition = partition
-        self.builder = Builder()
-        self.msgs = []              # (callback, key, value, timestamp, headers) per record
-        self.bytes = 0
-        self.deadline = deadline    # monotonic time linger.ms ends
-        self.closed = False
+_RECORD_OVERHEAD = 24           # worst-case framing of one record (varints, attributes)
 
 
 def _as_bytes(obj, what):
@@ -60,7 +39,8 @@ class Producer:
     """A producer writing to a pylog store (bootstrap.servers = file:///dir).
 
     With a bootstrap.servers that is not a file: URL, Producer(conf) returns
-    a confluent_kafka.Producer, so one program runs on a store or a cluster."""
+    a confluent_kafka.Producer, so one program runs on a store or a cluster.
+    Thread-safe, like confluent-kafka's."""
 
     def __new__(cls, conf=None, **kwargs):
         conf = dict(conf or {}, **kwargs)
@@ -75,20 +55,22 @@ class Producer:
         path = config.store_path(c)
         self._transactional_id = c["transactional.id"]
         self._idempotent = c["enable.idempotence"] or self._transactional_id is not None
-        if self._idempotent and c["acks"] != "all" and c["acks"] != "-1":
+        if self._idempotent and c["acks"] not in ("all", "-1"):
             raise config.invalid("`acks` must be set to `all` when `enable.idempotence` is true")
-        if self._idempotent and c["max.in.flight.requests.per.connection"] > 5 \
-                and "max.in.flight.requests.per.connection" in conf:
+        if self._idempotent and "max.in.flight.requests.per.connection" in conf \
+                and c["max.in.flight.requests.per.connection"] > 5:
             raise config.invalid("`max.in.flight` must be set <= 5 when `enable.idempotence` is true")
         self._store = Store.acquire(path, c)
         self._closed = False
+        self._fatal = None
         self._fsync = c["pylog.fsync"]
         self._linger = c["linger.ms"] / 1000.0
-        self._batch_size = c["batch.size"]
-        self._batch_msgs = c["batch.num.messages"]
         self._max_msg = c["message.max.bytes"]
+        self._max_value = self._max_msg - _RECORD_OVERHEAD
         self._max_queue_msgs = c["queue.buffering.max.messages"]
         self._max_queue_bytes = c["queue.buffering.max.kbytes"] * 1024
+        self._batch_msgs = c["batch.num.messages"]
+        self._batch_bytes = c["batch.size"]
         self._codec = compression.codec_id(c["compression.type"])
         self._default_cb = c["on_delivery"] or c["dr_msg_cb"]
         self._dr_only_error = c["delivery.report.only.error"]
@@ -97,40 +79,62 @@ class Producer:
             meta = self._store.meta
             self._producer_id = meta.update(meta.next_producer_id)
             self._producer_epoch = 0
-        self._fatal = None
-        self._lock = threading.RLock()            # accumulator, counters
-        self._send_lock = threading.Lock()        # keeps each partition's batches in order
-        self._acc = {}                            # (topic, partition) -> open _Batch
-        self._ready = collections.deque()         # closed batches in write order
-        self._reports = collections.deque()       # (callback, err, msg)
-        self._report_cv = threading.Condition(threading.Lock())
-        self._queued_msgs = 0                     # produced, report not yet served
-        self._queued_bytes = 0
-        self._seq = {}                            # (topic, partition) -> next base sequence
-        self._parts = {}                          # topic -> partition count
-        self._sticky = {}                         # topic -> sticky partition for keyless records
-        self._sender = None
-        self._wake = threading.Event()
-        self._txn = None                          # set by init_transactions (txn.py)
+        self._queues = {}                         # topic -> TopicQueue
+        self._txn = None
+        self._sender = Sender(self)
+        self._fast = False
+        self._update_fast_path()
+
+    def _update_fast_path(self):
+        """produce() takes its short path only when nothing needs checking."""
+        self._fast = (self._fatal is None and not self._closed and self._default_cb is None and
+                      (self._txn is None and self._transactional_id is None or
+                       self._txn is not None and self._txn.state == IN_TXN))
 
     # ---- producing ----
     def produce(self, topic, value=None, key=None, partition=PARTITION_UA, on_delivery=None,
                 timestamp=0, headers=None, callback=None):
         """Queue one record; raises BufferError when the local queue is full
         and KafkaException for oversized records and unknown partitions."""
+        tq = self._queues.get(topic)
+        if (key is None and value.__class__ is bytes and tq is not None and self._fast
+                and partition == -1 and on_delivery is None and callback is None
+                and headers is None and not timestamp):
+            if len(value) > self._max_value:
+                raise self._too_large(len(value) + _RECORD_OVERHEAD)
+            dq = tq.dq
+            n = len(dq)
+            if not n:
+                self._arm(tq)
+            elif n >= self._max_queue_msgs:
+                raise BufferError("Local: Queue full")
+            dq.append(value)
+            if n >= self._batch_msgs and not tq.kicked:
+                tq.kicked = True
+                self._sender.wake.set()
+            return
+        self._produce_slow(topic, value, key, partition, on_delivery or callback, timestamp, headers)
+
+    def _produce_slow(self, topic, value, key, partition, cb, timestamp, headers):
         if self._fatal is not None:
             raise KafkaException(self._fatal)
         if self._closed:
             raise KafkaException(KafkaError(KafkaError._STATE, "Producer is closed"))
-        if value is not None and type(value) is not bytes:
-            value = _as_bytes(value, "value")
-        if key is not None and type(key) is not bytes:
-            key = _as_bytes(key, "key")
+        if self._txn is not None and self._txn.state != IN_TXN or \
+                self._txn is None and self._transactional_id is not None:
+            raise (self._txn.not_in_txn("produce") if self._txn else KafkaException(KafkaError(
+                KafkaError._STATE, "produce() before init_transactions() on a transactional producer")))
+        if not isinstance(topic, str):
+            raise TypeError("topic must be str, not %s" % type(topic).__name__)
+        value = _as_bytes(value, "value")
+        key = _as_bytes(key, "key")
         if type(partition) is not int:
             raise TypeError("partition must be int, not %s" % type(partition).__name__)
         if type(timestamp) is not int:
             raise TypeError("timestamp must be int (milliseconds), not %s" % type(timestamp).__name__)
-        cb = on_delivery or callback or self._default_cb
+        if timestamp < 0:
+            raise KafkaException(KafkaError(KafkaError._INVALID_ARG, "timestamp must be >= 0"))
+        cb = cb or self._default_cb
         if cb is not None and not callable(cb):
             raise TypeError("on_delivery must be callable")
         if headers:
@@ -138,193 +142,56 @@ class Producer:
             headers = list(headers.items()) if isinstance(headers, dict) else list(headers)
         else:
             hbytes, hcount, headers = b"", 0, None
-        nparts = self._parts.get(topic) or self._topic_partitions(topic)
-        if partition == PARTITION_UA:
-            if key is not None:
-                partition = lib.pl_partition_for_key(key, len(key), nparts)
-            else:
-                partition = self._sticky.get(topic)
-                if partition is None or partition >= nparts:
-                    partition = self._sticky[topic] = random.randrange(nparts)
-        elif not 0 <= partition < nparts:
+        tq = self._queues.get(topic) or self._queue_for(topic)
+        if partition != PARTITION_UA and not 0 <= partition < tq.nparts:
             raise KafkaException(KafkaError(
                 KafkaError._UNKNOWN_PARTITION,
-                "Topic %s has partitions 0..%d, not %d" % (topic, nparts - 1, partition)))
-        size = (0 if key is None else len(key)) + (0 if value is None else len(value)) + len(hbytes) + 24
-        if size > self._max_msg:
-            raise KafkaException(KafkaError(
-                KafkaError.MSG_SIZE_TOO_LARGE,
-                "Message size %d exceeds message.max.bytes %d" % (size, self._max_msg)))
-        if timestamp <= 0:
-            timestamp = time.time_ns() // 1000000
-        with self._lock:
-            if self._queued_msgs >= self._max_queue_msgs or \
-                    self._queued_bytes + size > self._max_queue_bytes:
-                raise BufferError("Local: Queue full")
-            if self._txn is not None and self._txn.state != _IN_TXN:
-                raise self._txn.not_in_txn("produce")
-            b = self._acc.get((topic, partition))
-            if b is not None and (len(b.msgs) >= self._batch_msgs or b.bytes + size > self._batch_size):
-                self._close_batch(b)
-                b = None
-            if b is None:
-                b = self._acc[(topic, partition)] = _Batch(topic, partition, time.monotonic() + self._linger)
-                if self._sender is None:
-                    self._start_sender()
-                if len(self._acc) == 1:
-                    self._wake.set()
-            rc = lib.pl_builder_append(b.builder._b, timestamp, key if key is not None else ffi.NULL,
-                                       -1 if key is None else len(key),
-                                       value if value is not None else ffi.NULL,
-                                       -1 if value is None else len(value), hbytes, len(hbytes), hcount)
-            if rc:
-                from ._bridge import raise_for
-                raise_for(rc, "produce")
-            b.msgs.append((cb, key, value, timestamp, headers))
-            b.bytes += size
-            self._queued_msgs += 1
-            self._queued_bytes += size
-        if self._ready and not self._send_lock.locked():
-            self._send_ready()
+                "Topic %s has partitions 0..%d, not %d" % (topic, tq.nparts - 1, partition)))
+        size = (0 if key is None else len(key)) + (0 if value is None else len(value)) + len(hbytes)
+        if size + _RECORD_OVERHEAD > self._max_msg:
+            raise self._too_large(size + _RECORD_OVERHEAD)
+        if len(self) >= self._max_queue_msgs or tq.bytes + size > self._max_queue_bytes:
+            raise BufferError("Local: Queue full")
+        dq = tq.dq
+        if not dq:
+            self._arm(tq)
+        dq.append((value, key, partition, cb, timestamp, headers, hbytes, hcount))
+        tq.bytes += size
+        if (len(dq) >= self._batch_msgs or tq.bytes >= self._batch_bytes) and not tq.kicked:
+            tq.kicked = True
+            self._sender.wake.set()
 
-    def _close_batch(self, b):
-        """Move b from the accumulator to the ready queue (caller holds _lock)."""
-        del self._acc[(b.topic, b.partition)]
-        b.closed = True
-        self._ready.append(b)
-        if self._sticky.get(b.topic) == b.partition:
-            n = self._parts.get(b.topic, 1)
-            self._sticky[b.topic] = random.randrange(n) if n > 1 else 0
+    def _too_large(self, size):
+        return KafkaException(KafkaError(
+            KafkaError.MSG_SIZE_TOO_LARGE,
+            "Message size %d exceeds message.max.bytes %d" % (size, self._max_msg)))
 
-    def _topic_partitions(self, topic):
+    def _arm(self, tq):
+        """A queue became non-empty: start its linger clock."""
+        tq.first_ts = time.time_ns() // 1000000
+        tq.deadline = time.monotonic() + self._linger
+        if self._sender.thread is None:
+            self._sender.start()
+        self._sender.wake.set()
+
+    def _queue_for(self, topic):
         desc = self._store.ensure_topic(topic)
-        n = self._parts[topic] = desc["partitions"]
-        return n
-
-    # ---- writing ----
-    def _start_sender(self):
-        self._sender = threading.Thread(target=self._sender_loop, name="pylog-producer-linger",
-                                        daemon=True)
-        self._sender.start()
-
-    def _sender_loop(self):
-        """Writes batches whose linger.ms ran out, like librdkafka's broker thread."""
-        while not self._closed:
-            with self._lock:
-                deadline = min((b.deadline for b in self._acc.values()), default=None)
-            if deadline is None:
-                self._wake.wait(1.0)
-                self._wake.clear()
-                continue
-            delay = deadline - time.monotonic()
-            if delay > 0:
-                time.sleep(min(delay, 1.0))
-                continue
-            try:
-                self._flush_due(time.monotonic())
-            except Exception:                      # reported through delivery reports
-                pass
-
-    def _flush_due(self, now, everything=False):
-        with self._lock:
-            for b in list(self._acc.values()):
-                if everything or b.deadline <= now:
-                    self._close_batch(b)
-        self._send_ready()
-
-    def _send_ready(self):
-        """Write every ready batch, in order, one append per partition."""
-        with self._send_lock:
-            with self._lock:
-                batches = list(self._ready)
-                self._ready.clear()
-            if not batches:
-                return
-            by_part = collections.OrderedDict()
-            for b in batches:
-                by_part.setdefault((b.topic, b.partition), []).append(b)
-            if self._txn is not None:
-                err = self._txn.add_partitions(list(by_part))
-                if err is not None:
-                    for b in batches:
-                        self._report(b, -1001, err)
-                    return
-            for (topic, partition), group in by_part.items():
-                self._write_partition(topic, partition, group)
-
-    def _write_partition(self, topic, partition, group):
-        key = (topic, partition)
-        first_seq = self._seq.get(key, 0)
-        err, results, raw, seq = None, None, [], first_seq
-        try:
-            part = self._store.partition(topic, partition)
-            for b in group:
-                raw.append(self._seal(b, seq))
-                seq = (seq + len(b.msgs)) % SEQ_MODULO if self._idempotent else -1
-            results = part.append(raw, sync=self._fsync)
-        except KafkaException as e:
-            err = e.args[0]
-            if self._idempotent and isinstance(e, StorageError):
-                # The outcome is unknown (the bytes may be on disk): reusing
-                # these sequence numbers could pair them with other records.
-                self._set_fatal(err)
-        next_seq = first_seq
-        for i, b in enumerate(group):
-            r = results[i] if results is not None else None
-            e = err if r is None else r.error
-            if e is None and next_seq is not None:
-                next_seq = (next_seq + len(b.msgs)) % SEQ_MODULO
-            else:
-                if next_seq is not None and self._idempotent:
-                    self._seq[key] = next_seq
-                next_seq = None
-                if self._txn is not None and e.code() in (
-                        KafkaError.INVALID_PRODUCER_EPOCH, KafkaError.PRODUCER_FENCED):
-                    e = KafkaError(KafkaError._FENCED, "Producer fenced by a newer instance: %s"
-                                   % e.str(), fatal=True)
-                if self._idempotent and e.code() in (
-                        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, KafkaError.INVALID_PRODUCER_EPOCH,
-                        KafkaError.PRODUCER_FENCED, KafkaError.UNKNOWN_PRODUCER_ID, KafkaError._FENCED):
-                    self._set_fatal(e)
-                elif self._txn is not None:
-                    self._txn.set_abortable(e)
-            self._report(b, r.base_offset if r is not None and e is None else -1001, e)
-        if next_seq is not None and self._idempotent:
-            self._seq[key] = next_seq
-
-    def _seal(self, b, seq):
-        transactional = self._txn is not None
-        return seal(b.builder, self._producer_id, self._producer_epoch,
-                    seq if self._idempotent else -1, transactional, self._codec)
+        tq = self._queues.get(topic)
+        if tq is None:
+            tq = self._queues[topic] = TopicQueue(topic, desc["partitions"])
+        return tq
 
     def _set_fatal(self, err):
         if self._fatal is None:
-            if err.fatal():
-                self._fatal = err
-            else:
-                self._fatal = KafkaError(KafkaError._FATAL, "Fatal error: %s: %s" % (
-                    err.name(), err.str()), fatal=True)
+            self._fatal = err if err.fatal() else KafkaError(
+                KafkaError._FATAL, "Fatal error: %s: %s" % (err.name(), err.str()), fatal=True)
             if self._txn is not None:
-                self._txn.state = _FATAL
+                self._txn.state = FATAL
+            self._update_fast_path()
 
-    def _report(self, b, base_offset, err):
-        reports = []
-        for i, (cb, key, value, ts, headers) in enumerate(b.msgs):
-            if cb is None or (self._dr_only_error and err is None):
-                continue
-            reports.append((cb, err, Message(b.topic, b.partition,
-                                             base_offset + i if err is None else -1001,
-                                             key, value, headers, ts, err, TIMESTAMP_CREATE_TIME)))
-        with self._report_cv:
-            self._reports.extend(reports)
-            self._pending_done(len(b.msgs), b.bytes, len(reports))
-            self._report_cv.notify_all()
-
-    def _pending_done(self, nmsgs, nbytes, nreports):
-        # Messages without a callback leave the queue now; the others when served.
-        with self._lock:
-            self._queued_msgs -= nmsgs - nreports
-            self._queued_bytes -= nbytes
+    def _raise_fatal(self):
+        if self._fatal is not None:
+            raise KafkaException(self._fatal)
 
     # ---- transactions ----
     def init_transactions(self, timeout=None):
@@ -334,21 +201,21 @@ class Producer:
             raise KafkaException(KafkaError(KafkaError._NOT_CONFIGURED,
                                             "The Transactional API requires transactional.id to be configured"))
         self._raise_fatal()
-        if self._txn is not None and self._txn.state != _INIT:
+        if self._txn is not None and self._txn.state != INIT:
             raise KafkaException(KafkaError(KafkaError._STATE, "init_transactions() was already called"))
         coord = self._store.coordinator
         try:
             pid, epoch = coord.init_producer(self._transactional_id, self._conf["transaction.timeout.ms"])
         except KafkaException as e:
-            raise KafkaException(_with_flags(e.args[0], retriable=e.args[0].retriable()))
+            raise KafkaException(with_flags(e.args[0], retriable=e.args[0].retriable())) from None
         self._producer_id, self._producer_epoch = pid, epoch
-        self._seq.clear()
-        self._txn = _Txn(self, coord)
-        self._txn.state = _READY
+        self._sender.reset_sequences()
+        self._txn = ProducerTxn(self, coord)
+        self._txn.set_state(READY)
 
     def begin_transaction(self):
         self._raise_fatal()
-        if self._txn is None or self._txn.state != _READY:
+        if self._txn is None or self._txn.state != READY:
             raise KafkaException(KafkaError(KafkaError._STATE, "begin_transaction() needs the ready "
                                             "state (call init_transactions() first, and end the "
                                             "current transaction)"))
@@ -358,16 +225,15 @@ class Producer:
         """Stage the consumer's positions in the transaction: they become the
         group's committed offsets if and only if the transaction commits."""
         self._raise_fatal()
-        if self._txn is None or self._txn.state not in (_IN_TXN, _ABORTABLE):
-            raise self._txn.not_in_txn("send_offsets_to_transaction") if self._txn else \
-                KafkaException(KafkaError(KafkaError._STATE, "no transaction"))
+        if self._txn is None or self._txn.state not in (IN_TXN, ABORTABLE):
+            raise KafkaException(KafkaError(KafkaError._STATE,
+                                            "send_offsets_to_transaction() needs an open transaction"))
         self._txn.raise_abortable()
         group = getattr(group_metadata, "group_id", None)
         if not group:
             raise KafkaException(KafkaError(KafkaError._INVALID_ARG,
                                             "group_metadata must come from consumer_group_metadata()"))
-        offsets = [(tp.topic, tp.partition, tp.offset, tp.metadata) for tp in positions
-                   if tp.offset >= 0]
+        offsets = [(tp.topic, tp.partition, tp.offset, tp.metadata) for tp in positions if tp.offset >= 0]
         if offsets:
             self._txn.call(lambda c, pid, ep: c.add_offsets(self._transactional_id, pid, ep, group, offsets))
 
@@ -375,7 +241,7 @@ class Producer:
         """Flush, then commit atomically: the records, on every partition,
         and any offsets sent to the transaction."""
         self._raise_fatal()
-        if self._txn is None or self._txn.state not in (_IN_TXN, _ABORTABLE):
+        if self._txn is None or self._txn.state not in (IN_TXN, ABORTABLE):
             raise KafkaException(KafkaError(KafkaError._STATE, "commit_transaction() needs an open transaction"))
         self._txn.raise_abortable()
         left = self.flush(timeout)
@@ -390,191 +256,95 @@ class Producer:
         """Drop what is not yet written, then abort: nothing of the
         transaction becomes visible to read_committed consumers."""
         self._raise_fatal()
-        if self._txn is None or self._txn.state not in (_IN_TXN, _ABORTABLE):
+        if self._txn is None or self._txn.state not in (IN_TXN, ABORTABLE):
             raise KafkaException(KafkaError(KafkaError._STATE, "abort_transaction() needs an open transaction"))
         self.purge()
-        self._serve()
+        self._sender.serve()
         self._txn.end(commit=False)
 
-    def _raise_fatal(self):
-        if self._fatal is not None:
-            raise KafkaException(self._fatal)
+    # ---- delivery reports and flushing ----
+    def _send_due(self, everything):
+        now = time.monotonic()
+        due = [tq for tq in list(self._queues.values())
+               if tq.dq and (everything or tq.deadline <= now)]
+        if due:
+            self._sender.send(due)
 
-    # ---- serving delivery reports ----
     def poll(self, timeout=None):
         """Write due batches and serve delivery reports; returns how many were served."""
-        self._flush_due(time.monotonic())
-        served = self._serve()
+        self._send_due(False)
+        served = self._sender.serve()
         if served or timeout == 0:
             return served
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
-        while len(self) and not served:
-            with self._lock:
-                nxt = min((b.deadline for b in self._acc.values()), default=None)
-            wait = 0.05 if nxt is None else max(nxt - time.monotonic(), 0)
+        cv = self._sender.report_cv
+        while len(self):
+            wait = 0.05
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
                     break
-            with self._report_cv:
-                if not self._reports:
-                    self._report_cv.wait(wait)
-            self._flush_due(time.monotonic())
-            served = self._serve()
+            with cv:
+                if not self._sender.reports:
+                    cv.wait(wait)
+            self._send_due(False)
+            served = self._sender.serve()
+            if served:
+                break
         return served
-
-    def _serve(self):
-        served = 0
-        while True:
-            with self._report_cv:
-                if not self._reports:
-                    return served
-                cb, err, msg = self._reports.popleft()
-            with self._lock:
-                self._queued_msgs -= 1
-            served += 1
-            cb(err, msg)
 
     def flush(self, timeout=None):
         """Write everything queued and serve all delivery reports; returns the
         number of messages still queued (0 unless timeout ran out)."""
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
-        self._flush_due(0, everything=True)
         while True:
-            self._serve()
+            self._send_due(True)
+            self._sender.serve()
             if not len(self):
                 return 0
             if deadline is not None and time.monotonic() >= deadline:
                 return len(self)
-            self._flush_due(0, everything=True)
-            with self._report_cv:
-                if not self._reports:
-                    self._report_cv.wait(0.01)
+            with self._sender.report_cv:
+                if not self._sender.reports:
+                    self._sender.report_cv.wait(0.01)
 
     def __len__(self):
-        return self._queued_msgs
+        """Records queued, being written, or with a delivery report not yet served."""
+        s = self._sender
+        return sum(len(tq.dq) for tq in list(self._queues.values())) + s.inflight + len(s.reports)
 
     def __bool__(self):
         return True
 
     def purge(self, in_queue=True, in_flight=True, blocking=True):
-        """Drop queued, unwritten messages; their delivery reports carry _PURGE_QUEUE."""
-        if not in_queue:
-            return
-        with self._send_lock:
-            with self._lock:
-                batches = list(self._ready) + list(self._acc.values())
-                self._ready.clear()
-                self._acc.clear()
-            err = KafkaError(KafkaError._PURGE_QUEUE, "Local: Purged in queue")
-            for b in batches:
-                self._report(b, -1001, err)
+        """Drop queued, unwritten records; their delivery reports carry _PURGE_QUEUE."""
+        if in_queue:
+            self._sender.purge(list(self._queues.values()))
 
     def list_topics(self, topic=None, timeout=-1):
         from .admin import cluster_metadata
         return cluster_metadata(self._store, topic)
 
     def close(self, timeout=None):
-        """Flush, then release the store.  Not in confluent-kafka (which uses
-        garbage collection); idempotent."""
+        """Flush, then release the store.  (confluent-kafka relies on garbage
+        collection instead; pylog holds files and locks, so close explicitly.)
+        Idempotent; returns the number of records left unflushed."""
         if self._closed:
             return 0
         left = self.flush(timeout)
         self._closed = True
-        self._wake.set()
-        if self._sender is not None:
-            self._sender.join(2.0)
+        self._update_fast_path()
+        self._sender.wake.set()
+        if self._sender.thread is not None:
+            self._sender.thread.join(2.0)
         self._store.release()
         return left
 
-    def __del__(self):
-        try:
-            if not getattr(self, "_closed", True):
-                self._closed = True
-                self._wake.set()
-        except Exception:
-            pass
+    def __enter__(self):
+        return self
 
-
-_INIT, _READY, _IN_TXN, _ABORTABLE, _FATAL = "Init", "Ready", "InTransaction", "AbortableError", "FatalError"
-
-
-def _with_flags(err, **flags):
-    return KafkaError(err.code(), err.str(), fatal=flags.get("fatal", err.fatal()),
-                      retriable=flags.get("retriable", err.retriable()),
-                      txn_requires_abort=flags.get("txn_requires_abort", err.txn_requires_abort()))
-
-
-class _Txn:
-    """The producer side of a transactional.id: state and partitions added."""
-
-    def __init__(self, producer, coordinator):
-        self.p = producer
-        self.coord = coordinator
-        self.state = _INIT
-        self.added = set()
-        self.error = None
-
-    def not_in_txn(self, what):
-        return KafkaException(KafkaError(KafkaError._STATE, "%s() is not allowed in state %s: "
-                                         "a transactional producer writes only inside a "
-                                         "transaction" % (what, self.state)))
-
-    def begin(self):
-        self.state = _IN_TXN
-        self.added.clear()
-        self.error = None
-
-    def set_abortable(self, err):
-        if self.state == _IN_TXN:
-            self.state = _ABORTABLE
-            self.error = err
-
-    def raise_abortable(self):
-        if self.state == _ABORTABLE:
-            raise KafkaException(KafkaError(
-                KafkaError.TRANSACTION_ABORTABLE if self.error is None else self.error.code(),
-                "The transaction must be aborted: %s" % (self.error.str() if self.error else ""),
-                txn_requires_abort=True))
-
-    def call(self, fn):
-        """Run a coordinator call; fencing makes the producer fatal."""
-        p = self.p
-        try:
-            return fn(self.coord, p._producer_id, p._producer_epoch)
-        except KafkaException as e:
-            err = e.args[0]
-            if err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):
-                p._set_fatal(err)
-                raise KafkaException(p._fatal) from None
-            raise
-
-    def add_partitions(self, parts):
-        """Register parts with the coordinator before writing to them;
-        returns the error to report, or None."""
-        new = [tp for tp in parts if tp not in self.added]
-        if not new:
-            return None
-        try:
-            self.call(lambda c, pid, ep: c.add_partitions(self.p._transactional_id, pid, ep, new))
-        except KafkaException as e:
-            if not e.args[0].fatal():
-                self.set_abortable(e.args[0])
-            return e.args[0]
-        self.added.update(new)
-        return None
-
-    def in_transaction(self):
-        return self.state in (_IN_TXN, _ABORTABLE)
-
-    def end(self, commit):
-        p = self.p
-        epoch = self.call(lambda c, pid, ep: c.end_txn(p._transactional_id, pid, ep, commit))
-        p._producer_epoch = epoch           # KIP-890: every end bumps the epoch
-        p._seq.clear()
-        self.state = _READY
-        self.added.clear()
-        self.error = None
+    def __exit__(self, *exc):
+        self.close()
 
 
 def _kafka_client(kind, conf):

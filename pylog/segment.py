@@ -48,25 +48,27 @@ class Segment:
 
     # ---- appending ----
     def append(self, data, infos):
-        """Write data (whole batches, offsets assigned) at the end; update indexes.
+        """Write data (whole batches, offsets assigned; bytes, or a list of
+        buffers written with one writev) at the end; update indexes.
 
         infos: the batches' BatchInfo with positions relative to data.  On a
         failed or short write the file is cut back to its old size and
         StorageError is raised."""
         self._ensure_index()
         start = self.size
+        total = len(data) if not isinstance(data, list) else sum(len(d) for d in data)
         try:
             failpoints.hit("log.write")
-            n = os.write(self.fd, data)
-            if n != len(data):
-                raise OSError("short write: %d of %d bytes" % (n, len(data)))
+            n = os.write(self.fd, data) if not isinstance(data, list) else os.writev(self.fd, data)
+            if n != total:
+                raise OSError("short write: %d of %d bytes" % (n, total))
         except OSError as e:
             try:
                 os.ftruncate(self.fd, start)
             except OSError:
                 pass
             raise StorageError("write to %s failed: %s" % (self.log_path, e)) from e
-        self.size = start + len(data)
+        self.size = start + total
         self.next_offset = infos[-1].next_offset
         if self._first_timestamp is None and start == 0:
             self._first_timestamp = infos[0].max_timestamp

@@ -1,0 +1,86 @@
+"""The producer side of a transactional.id: its state and partitions added.
+
+States follow librdkafka: Init (before init_transactions), Ready, InTransaction,
+AbortableError (abort_transaction, rewind, begin again) and FatalError
+(fenced: the producer is done).
+"""
+from .errors import KafkaError, KafkaException
+
+INIT, READY, IN_TXN, ABORTABLE, FATAL = "Init", "Ready", "InTransaction", "AbortableError", "FatalError"
+
+
+def with_flags(err, **flags):
+    return KafkaError(err.code(), err.str(), fatal=flags.get("fatal", err.fatal()),
+                      retriable=flags.get("retriable", err.retriable()),
+                      txn_requires_abort=flags.get("txn_requires_abort", err.txn_requires_abort()))
+
+
+class ProducerTxn:
+    def __init__(self, producer, coordinator):
+        self.p = producer
+        self.coord = coordinator
+        self.state = INIT
+        self.added = set()
+        self.error = None
+
+    def not_in_txn(self, what):
+        return KafkaException(KafkaError(KafkaError._STATE, "%s() is not allowed in state %s: "
+                                         "a transactional producer writes only inside a "
+                                         "transaction" % (what, self.state)))
+
+    def set_state(self, state):
+        self.state = state
+        self.p._update_fast_path()
+
+    def begin(self):
+        self.added.clear()
+        self.error = None
+        self.set_state(IN_TXN)
+
+    def set_abortable(self, err):
+        if self.state == IN_TXN:
+            self.error = err
+            self.set_state(ABORTABLE)
+
+    def raise_abortable(self):
+        if self.state == ABORTABLE:
+            raise KafkaException(KafkaError(
+                KafkaError.TRANSACTION_ABORTABLE if self.error is None else self.error.code(),
+                "The transaction must be aborted: %s" % (self.error.str() if self.error else ""),
+                txn_requires_abort=True))
+
+    def call(self, fn):
+        """Run a coordinator call; fencing makes the producer fatal."""
+        p = self.p
+        try:
+            return fn(self.coord, p._producer_id, p._producer_epoch)
+        except KafkaException as e:
+            err = e.args[0]
+            if err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):
+                p._set_fatal(err)
+                raise KafkaException(p._fatal) from None
+            raise
+
+    def add_partitions(self, parts):
+        """Register parts with the coordinator before writing to them;
+        returns the error to report, or None."""
+        new = [tp for tp in parts if tp not in self.added]
+        if not new:
+            return None
+        try:
+            self.call(lambda c, pid, ep: c.add_partitions(self.p._transactional_id, pid, ep, new))
+        except KafkaException as e:
+            if not e.args[0].fatal():
+                self.set_abortable(e.args[0])
+            return e.args[0]
+        self.added.update(new)
+        return None
+
+    def end(self, commit):
+        p = self.p
+        epoch = self.call(lambda c, pid, ep: c.end_txn(p._transactional_id, pid, ep, commit))
+        p._producer_epoch = epoch           # KIP-890: every end bumps the epoch
+        p._sender.reset_sequences()
+        self.added.clear()
+        self.error = None
+        self.set_state(READY)

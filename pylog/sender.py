@@ -1,0 +1,322 @@
+"""The producer's write side: per-topic queues to batches to partition logs.
+
+produce() only appends to a topic's deque (thread-safe, no lock): a bare
+value for the common case (no key, headers, callback or timestamp), else a
+tuple.  Draining a queue groups its records by partition (murmur2 for keys,
+all of this round's keyless records to one sticky partition, as Kafka's
+sticky partitioner does), encodes each group with one C call per batch,
+stamps sequence numbers and writes through Partition.append, which runs the
+producer-id/sequence checks under the partition lock.
+
+Records queued with timestamp 0 get the time their queue last became
+non-empty: at most linger.ms before the call that produced them.
+
+Writers take the send lock and drain queues oldest record first, so each
+partition's batches are written in sequence order.
+"""
+import collections
+import random
+import threading
+import time
+from array import array
+
+from ._bridge import Builder, raise_for
+from ._native import ffi, lib
+from .codec import seal
+from .errors import KafkaError, KafkaException, StorageError
+from .message import Message, TIMESTAMP_CREATE_TIME
+
+SEQ_MODULO = 0x80000000         # base sequence wraps from 2^31-1 to 0
+_BARE = {bytes}
+NOT_WRITTEN = -1001
+_FENCING = (KafkaError.INVALID_PRODUCER_EPOCH, KafkaError.PRODUCER_FENCED)
+_FATAL_IDEMPOTENCE = (KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, KafkaError.INVALID_PRODUCER_EPOCH,
+                      KafkaError.PRODUCER_FENCED, KafkaError.UNKNOWN_PRODUCER_ID, KafkaError._FENCED)
+
+
+class TopicQueue:
+    """Records produced to one topic and not yet taken for writing."""
+
+    __slots__ = ("topic", "nparts", "dq", "first_ts", "deadline", "bytes", "sticky", "kicked")
+
+    def __init__(self, topic, nparts):
+        self.topic = topic
+        self.nparts = nparts
+        self.dq = collections.deque()
+        self.first_ts = 0
+        self.deadline = 0.0
+        self.bytes = 0
+        self.sticky = random.randrange(nparts)
+        self.kicked = False         # the sender was woken because the queue is full
+
+
+class _Batch:
+    """Records of one partition on their way to the log."""
+
+    __slots__ = ("topic", "partition", "recs", "ts0")
+
+    def __init__(self, topic, partition, recs, ts0):
+        self.topic = topic
+        self.partition = partition
+        # bare values, or (value, key, cb, timestamp, headers, encoded headers, header count)
+        self.recs = recs
+        self.ts0 = ts0              # the timestamp of records queued without one
+
+
+class Sender:
+    def __init__(self, producer):
+        self.p = producer
+        c = producer._conf
+        self.lock = threading.Lock()          # one writer at a time: keeps batch order
+        self.reports = collections.deque()    # (callback, err, msg) for poll()
+        self.report_cv = threading.Condition(threading.Lock())
+        self.inflight = 0                     # records taken from queues, not yet reported
+        self.seq = {}                         # (topic, partition) -> next base sequence
+        self.batch_msgs = c["batch.num.messages"]
+        self.batch_bytes = c["batch.size"]
+        self.codec = producer._codec
+        self.wake = threading.Event()
+        self.thread = None
+
+    def reset_sequences(self):
+        self.seq.clear()
+
+    # ---- the linger thread ----
+    def start(self):
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._loop, name="pylog-producer-sender", daemon=True)
+            self.thread.start()
+
+    def _loop(self):
+        """Writes queues that are full or whose linger.ms ran out, like librdkafka's
+        broker thread, so records reach the log without poll()."""
+        p = self.p
+        while not p._closed:
+            now = time.monotonic()
+            due, nxt = [], None
+            for tq in list(p._queues.values()):
+                if tq.dq:
+                    if tq.deadline <= now or len(tq.dq) >= self.batch_msgs or tq.bytes >= self.batch_bytes:
+                        due.append(tq)
+                    elif nxt is None or tq.deadline < nxt:
+                        nxt = tq.deadline
+            if due:
+                try:
+                    self.send(due)
+                except Exception:             # errors reach the delivery reports
+                    pass
+                continue
+            self.wake.wait(1.0 if nxt is None else max(nxt - now, 0.0005))
+            self.wake.clear()
+
+    # ---- draining ----
+    def send(self, queues):
+        """Write everything queued in queues (a list of TopicQueue)."""
+        with self.lock:
+            batches = []
+            for tq in queues:
+                batches.extend(self._take(tq))
+            if batches:
+                self._write(batches)
+
+    def _take(self, tq):
+        dq = tq.dq
+        n = len(dq)
+        if not n:
+            return []
+        pop = dq.popleft
+        items = [pop() for _ in range(n)]
+        tq.bytes = 0
+        tq.kicked = False
+        self.inflight += n
+        ts0 = tq.first_ts or time.time_ns() // 1000000
+        p = self.p
+        cb0 = p._default_cb
+        if cb0 is None and set(map(type, items)) == _BARE:
+            part = tq.sticky
+            self._rotate(tq)
+            return self._split_bare(tq.topic, part, items, ts0)
+        recs, keys, key_lens, explicit = [], [], array("q"), []
+        for it in items:
+            if it.__class__ is bytes:
+                recs.append((it, None, cb0, ts0, None, b"", 0))
+                key_lens.append(-1)
+                explicit.append(-1)
+            else:
+                value, key, partition, cb, ts, headers, hbytes, hcount = it
+                recs.append((value, key, cb, ts or ts0, headers, hbytes, hcount))
+                if key is not None:
+                    keys.append(key)
+                key_lens.append(-1 if key is None else len(key))
+                explicit.append(partition)
+        parts = ffi.new("int32_t[]", n)
+        rc = lib.pl_partition_many(n, b"".join(keys), ffi.from_buffer("int64_t[]", key_lens),
+                                   tq.nparts, tq.sticky, parts)
+        if rc:
+            raise_for(rc, "partitioner")
+        self._rotate(tq)
+        groups = collections.OrderedDict()
+        for i in range(n):
+            part = explicit[i] if explicit[i] >= 0 else parts[i]
+            groups.setdefault(part, []).append(recs[i])
+        out = []
+        for part, group in groups.items():
+            out.extend(self._split(tq.topic, part, group, ts0))
+        return out
+
+    @staticmethod
+    def _rotate(tq):
+        if tq.nparts > 1:
+            tq.sticky = (tq.sticky + random.randrange(1, tq.nparts)) % tq.nparts
+
+    def _split_bare(self, topic, partition, values, ts0):
+        """_split for bare values: cut by count, and by bytes only where needed."""
+        out, step = [], self.batch_msgs
+        for i in range(0, len(values), step):
+            chunk = values[i:i + step] if len(values) > step else values
+            if sum(map(len, chunk)) + 24 * len(chunk) <= self.batch_bytes:
+                out.append(_Batch(topic, partition, chunk, ts0))
+            else:
+                out.extend(self._split(topic, partition, chunk, ts0))
+        return out
+
+    def _split(self, topic, partition, recs, ts0):
+        """Cut one partition's records into batches within batch.num.messages/batch.size."""
+        out, start, size = [], 0, 0
+        for i, r in enumerate(recs):
+            v = r if r.__class__ is bytes else r[0]
+            rsize = (len(v) if v is not None else 0) + 24
+            if i > start and (i - start >= self.batch_msgs or size + rsize > self.batch_bytes):
+                out.append(_Batch(topic, partition, recs[start:i], ts0))
+                start, size = i, 0
+            size += rsize
+        out.append(_Batch(topic, partition, recs[start:] if start else recs, ts0))
+        return out
+
+    # ---- encoding and writing ----
+    def _encode(self, b, seq):
+        """The batch's bytes, with producer id, epoch and base sequence."""
+        p = self.p
+        recs, ts0 = b.recs, b.ts0
+        if recs[0].__class__ is bytes:
+            lens = array("q", map(len, recs))
+            builder = Builder(64 + sum(lens) + 16 * len(recs))
+            rc = lib.pl_builder_append_many(builder._b, len(recs), ts0, ffi.NULL, ffi.NULL, ffi.NULL,
+                                            b"".join(recs), ffi.from_buffer("int64_t[]", lens),
+                                            ffi.NULL, ffi.NULL, ffi.NULL)
+        else:
+            values = [r[0] for r in recs]
+            keys = [r[1] for r in recs]
+            builder = Builder(64 + 32 * len(recs) + sum(len(v) for v in values if v is not None))
+            vlens = array("q", [-1 if v is None else len(v) for v in values])
+            klens = array("q", [-1 if k is None else len(k) for k in keys])
+            tss = array("q", [r[3] for r in recs])
+            has_headers = any(r[6] for r in recs)
+            hlens = array("q", [len(r[5]) for r in recs]) if has_headers else None
+            hcounts = array("i", [r[6] for r in recs]) if has_headers else None
+            rc = lib.pl_builder_append_many(
+                builder._b, len(recs), ts0, ffi.from_buffer("int64_t[]", tss),
+                b"".join(k for k in keys if k is not None), ffi.from_buffer("int64_t[]", klens),
+                b"".join(v for v in values if v is not None), ffi.from_buffer("int64_t[]", vlens),
+                b"".join(r[5] for r in recs) if has_headers else ffi.NULL,
+                ffi.from_buffer("int64_t[]", hlens) if has_headers else ffi.NULL,
+                ffi.from_buffer("int32_t[]", hcounts) if has_headers else ffi.NULL)
+        if rc:
+            raise_for(rc, "encode batch")
+        return seal(builder, p._producer_id, p._producer_epoch, seq if p._idempotent else -1,
+                    p._txn is not None, self.codec)
+
+    def _write(self, batches):
+        p = self.p
+        by_part = collections.OrderedDict()
+        for b in batches:
+            by_part.setdefault((b.topic, b.partition), []).append(b)
+        if p._txn is not None:
+            err = p._txn.add_partitions(list(by_part))
+            if err is not None:
+                for b in batches:
+                    self._report(b, NOT_WRITTEN, err)
+                return
+        for (topic, partition), group in by_part.items():
+            self._write_partition(topic, partition, group)
+
+    def _write_partition(self, topic, partition, group):
+        p = self.p
+        key = (topic, partition)
+        first_seq = self.seq.get(key, 0)
+        err, results, raw, seq = None, None, [], first_seq
+        try:
+            part = p._store.partition(topic, partition)
+            for b in group:
+                raw.append(self._encode(b, seq))
+                seq = (seq + len(b.recs)) % SEQ_MODULO
+            results = part.append(raw, sync=p._fsync)
+        except KafkaException as e:
+            err = e.args[0]
+            if p._idempotent and isinstance(e, StorageError):
+                # The outcome is unknown (the bytes may be on disk): reusing
+                # these sequence numbers could pair them with other records.
+                p._set_fatal(err)
+        next_seq = first_seq
+        for i, b in enumerate(group):
+            r = results[i] if results is not None else None
+            e = err if r is None else r.error
+            if e is None and next_seq is not None:
+                next_seq = (next_seq + len(b.recs)) % SEQ_MODULO
+            elif e is not None:
+                if next_seq is not None:
+                    self.seq[key] = next_seq
+                next_seq = None
+                if p._txn is not None and e.code() in _FENCING:
+                    e = KafkaError(KafkaError._FENCED, "Producer fenced by a newer instance: %s"
+                                   % e.str(), fatal=True)
+                if p._idempotent and e.code() in _FATAL_IDEMPOTENCE:
+                    p._set_fatal(e)
+                elif p._txn is not None:
+                    p._txn.set_abortable(e)
+            self._report(b, r.base_offset if r is not None and e is None else NOT_WRITTEN, e)
+        if next_seq is not None:
+            self.seq[key] = next_seq
+
+    # ---- delivery reports ----
+    def _report(self, b, base_offset, err):
+        p = self.p
+        only_error = p._dr_only_error
+        reports = []
+        topic, partition = b.topic, b.partition
+        recs = b.recs
+        if recs[0].__class__ is bytes and recs[-1].__class__ is bytes:
+            recs = ()                            # bare values: no callbacks to call
+        for i, r in enumerate(recs):
+            if r.__class__ is bytes:
+                continue                         # no callback was set
+            value, key, cb, ts, headers, _, _ = r
+            if cb is None or (only_error and err is None):
+                continue
+            reports.append((cb, err, Message(topic, partition,
+                                             base_offset + i if err is None else NOT_WRITTEN,
+                                             key, value, headers, ts, err, TIMESTAMP_CREATE_TIME)))
+        with self.report_cv:
+            self.reports.extend(reports)
+            self.inflight -= len(b.recs)
+            self.report_cv.notify_all()
+
+    def serve(self):
+        """Call queued delivery callbacks in this thread; returns how many."""
+        served = 0
+        reports = self.reports
+        while True:
+            try:
+                cb, err, msg = reports.popleft()
+            except IndexError:
+                return served
+            served += 1
+            cb(err, msg)
+
+    def purge(self, queues):
+        """Drop everything queued; reports carry _PURGE_QUEUE."""
+        with self.lock:
+            err = KafkaError(KafkaError._PURGE_QUEUE, "Local: Purged in queue")
+            for tq in queues:
+                for b in self._take(tq):
+                    self._report(b, NOT_WRITTEN, err)
