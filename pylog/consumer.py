@@ -80,6 +80,9 @@ class Consumer:
         self._group = c["group.id"]
         self._store = Store.acquire(config.store_path(c), c)
         self._meta = self._store.meta
+        # Every process with the store open rolls crashed commits forward and
+        # enforces transaction.timeout.ms: readers too, or an LSO could stay stuck.
+        self._store.coordinator
         self._committed_only = c["isolation.level"] == "read_committed"
         self._reset = {"smallest": OFFSET_BEGINNING, "earliest": OFFSET_BEGINNING,
                        "beginning": OFFSET_BEGINNING, "largest": OFFSET_END, "latest": OFFSET_END,

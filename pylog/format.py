@@ -37,8 +37,10 @@ TIMEINDEX_ENTRY = 12
 # Kafka's rule: legal characters, at most 249 of them, and never "." or ".."
 # (so a name can never climb out of the store directory).
 MAX_TOPIC_LENGTH = 249
-_TOPIC_RE = re.compile(r"^[a-zA-Z0-9._-]+$")
-_PARTITION_DIR_RE = re.compile(r"^(.+)-(\d+)$")
+# \Z, not $: "$" also matches before a trailing newline, which let "orders\n"
+# through.  re.ASCII keeps \d to 0-9 (str patterns match any Unicode digit).
+_TOPIC_RE = re.compile(r"^[a-zA-Z0-9._-]+\Z")
+_PARTITION_DIR_RE = re.compile(r"^(.+)-(\d+)\Z", re.ASCII)
 
 
 def segment_name(base_offset, suffix):

@@ -33,6 +33,8 @@ import json
 import os
 import struct
 import threading
+import weakref
+from contextlib import contextmanager
 
 import lmdb
 
@@ -55,6 +57,106 @@ def split_pkey(key):
     return topic[:-1].decode("utf-8"), int.from_bytes(part, "big")
 
 
+class _Gate:
+    """Held shared by every open transaction of one Meta, alone by a map
+    resize and by fork().
+
+    Why: py-lmdb's set_mapsize() invalidates every open transaction of the
+    process (a read in another thread then fails with lmdb.Error "Attempt to
+    operate on closed/deleted/dropped object") and refuses to run while any
+    thread has a write transaction open.  And a forked child must close the
+    environment it inherited before it can open its own (py-lmdb refuses a
+    second open of the same files in one process); closing aborts the
+    inherited transactions, which frees the parent's reader slots in the
+    shared lock file, and waits forever for a write transaction whose thread
+    did not survive the fork.  So resizing and forking wait until no
+    transaction is open.  A transaction nested in one the same thread already
+    holds does not wait (it would deadlock against a pending resize)."""
+
+    def __init__(self):
+        self._cv = threading.Condition(threading.Lock())
+        self._active = 0                # open transactions, nested ones included
+        self._alone = None              # thread ident holding the gate alone
+        self._depth = threading.local()
+
+    def _mine(self):
+        return getattr(self._depth, "n", 0)
+
+    @contextmanager
+    def shared(self):
+        mine = self._mine()
+        me = threading.get_ident()
+        with self._cv:
+            while self._alone is not None and self._alone != me and mine == 0:
+                self._cv.wait()
+            self._active += 1
+        self._depth.n = mine + 1
+        try:
+            yield
+        finally:
+            self._depth.n = mine
+            with self._cv:
+                self._active -= 1
+                self._cv.notify_all()
+
+    def acquire_alone(self):
+        """Wait until no other transaction is open and keep new ones out.
+        Not re-entrant."""
+        mine = self._mine()
+        with self._cv:
+            while self._alone is not None:
+                self._cv.wait()
+            self._alone = threading.get_ident()
+            while self._active > mine:
+                self._cv.wait()
+
+    def release_alone(self):
+        with self._cv:
+            self._alone = None
+            self._cv.notify_all()
+
+    @contextmanager
+    def alone(self):
+        self.acquire_alone()
+        try:
+            yield
+        finally:
+            self.release_alone()
+
+
+# Every open Meta, for the fork hooks below.
+_instances = weakref.WeakSet()
+
+
+def _before_fork():
+    for meta in list(_instances):
+        meta._gate.acquire_alone()
+
+
+def _after_fork_parent():
+    for meta in list(_instances):
+        meta._gate.release_alone()
+
+
+def _after_fork_child():
+    # LMDB: an environment must not be used after fork.  Close the inherited
+    # one (no transaction of it is open, see _Gate), so that py-lmdb lets this
+    # process open the files again; _env() reopens on first use.
+    for meta in list(_instances):
+        meta._gate = _Gate()
+        env, meta.env, meta.db = meta.env, None, {}
+        if env is not None:
+            try:
+                env.close()
+            except Exception:           # the child reopens regardless
+                pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_parent,
+                        after_in_child=_after_fork_child)
+
+
 class Meta:
     """One LMDB environment per store and process.  Thread-safe."""
 
@@ -63,7 +165,10 @@ class Meta:
         self.sync = sync
         os.makedirs(path, exist_ok=True)
         self._lock = threading.Lock()
+        self._gate = _Gate()
+        self.env = None
         self._open()
+        _instances.add(self)
 
     def _open(self):
         self._pid = os.getpid()
@@ -77,12 +182,18 @@ class Meta:
 
     def _env(self):
         if self._pid != os.getpid():        # we are a forked child: LMDB forbids reuse
-            self._open()
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._open()
+        if self.env is None:
+            raise KafkaException(KafkaError(KafkaError._STATE, "LMDB at %s is closed" % self.path))
         return self.env
 
     def close(self):
+        _instances.discard(self)
         if self.env is not None and self._pid == os.getpid():
-            self.env.close()
+            with self._gate.alone():
+                self.env.close()
         self.env = None
 
     # ---- transactions ----
@@ -93,40 +204,53 @@ class Meta:
         through txn."""
         for _ in range(64):
             env = self._env()
-            try:
-                txn = env.begin(write=True)
-            except lmdb.MapResizedError:
-                env.set_mapsize(0)
-                continue
-            try:
-                result = fn(txn)
-                txn.commit()
-                return result
-            except lmdb.MapFullError:
-                txn.abort()
-                self._grow()
-            except BaseException:
-                txn.abort()
-                raise
+            with self._gate.shared():
+                try:
+                    txn = env.begin(write=True)
+                except lmdb.MapResizedError:
+                    resize = "adopt"
+                else:
+                    try:
+                        result = fn(txn)
+                        txn.commit()
+                        return result
+                    except lmdb.MapFullError:
+                        txn.abort()
+                        resize = "grow"
+                    except BaseException:
+                        txn.abort()
+                        raise
+            # Resize with no transaction of ours open (see _Gate).
+            self._adopt_size() if resize == "adopt" else self._grow()
         raise KafkaException(KafkaError(KafkaError._FS, "LMDB write kept failing at %s" % self.path))
 
     def view(self, fn):
         """Run fn(txn) in a read transaction; returns fn's result."""
         for _ in range(64):
             env = self._env()
-            try:
-                with env.begin() as txn:
-                    return fn(txn)
-            except lmdb.MapResizedError:
-                env.set_mapsize(0)
+            with self._gate.shared():
+                try:
+                    with env.begin() as txn:
+                        return fn(txn)
+                except lmdb.MapResizedError:
+                    pass
+            self._adopt_size()
         raise KafkaException(KafkaError(KafkaError._FS, "LMDB read kept failing at %s" % self.path))
 
+    def _adopt_size(self):
+        """Another process grew the map (MapResizedError): take its size."""
+        with self._gate.alone():
+            self._env().set_mapsize(0)
+
     def _grow(self):
-        size = self.env.info()["map_size"] * 2
-        if size > MAX_MAP_SIZE:
-            raise KafkaException(KafkaError(
-                KafkaError._FS, "LMDB map at %s would exceed %d bytes" % (self.path, MAX_MAP_SIZE)))
-        self.env.set_mapsize(size)
+        with self._gate.alone():
+            env = self._env()
+            size = env.info()["map_size"] * 2
+            if size > MAX_MAP_SIZE:
+                raise KafkaException(KafkaError(
+                    KafkaError._FS, "LMDB map at %s would exceed %d bytes; "
+                    "pylog.meta.MAX_MAP_SIZE is the limit" % (self.path, MAX_MAP_SIZE)))
+            env.set_mapsize(size)
 
     def flush(self):
         """Force every commit so far to disk (for stores opened with sync=False)."""

@@ -124,10 +124,12 @@ class Producer:
                 self._txn is None and self._transactional_id is not None:
             raise (self._txn.not_in_txn("produce") if self._txn else KafkaException(KafkaError(
                 KafkaError._STATE, "produce() before init_transactions() on a transactional producer")))
-        if not isinstance(topic, str):
+        if topic.__class__ is not str:
             raise TypeError("topic must be str, not %s" % type(topic).__name__)
-        value = _as_bytes(value, "value")
-        key = _as_bytes(key, "key")
+        if value is not None and value.__class__ is not bytes:
+            value = _as_bytes(value, "value")
+        if key is not None and key.__class__ is not bytes:
+            key = _as_bytes(key, "key")
         if type(partition) is not int:
             raise TypeError("partition must be int, not %s" % type(partition).__name__)
         if type(timestamp) is not int:
@@ -150,9 +152,10 @@ class Producer:
         size = (0 if key is None else len(key)) + (0 if value is None else len(value)) + len(hbytes)
         if size + _RECORD_OVERHEAD > self._max_msg:
             raise self._too_large(size + _RECORD_OVERHEAD)
-        if len(self) >= self._max_queue_msgs or tq.bytes + size > self._max_queue_bytes:
-            raise BufferError("Local: Queue full")
         dq = tq.dq
+        if len(dq) + self._sender.inflight >= self._max_queue_msgs or \
+                tq.bytes + size > self._max_queue_bytes:
+            raise BufferError("Local: Queue full")
         if not dq:
             self._arm(tq)
         dq.append((value, key, partition, cb, timestamp, headers, hbytes, hcount))
@@ -332,6 +335,12 @@ class Producer:
         if self._closed:
             return 0
         left = self.flush(timeout)
+        if self._txn is not None and self._txn.state == READY:
+            try:
+                self._store.coordinator.finish(self._transactional_id, self._producer_id,
+                                               self._producer_epoch)
+            except KafkaException:
+                pass                            # fenced meanwhile: nothing of ours to finish
         self._closed = True
         self._update_fast_path()
         self._sender.wake.set()

@@ -308,6 +308,9 @@ class Segment:
         os.ftruncate(self.fd, cut)
         self.size = cut
         self.next_offset = None
+        # Cut to empty, the first batch is gone: a stale value would run the
+        # segment.ms clock from a batch no longer here (re-read lazily).
+        self._first_timestamp = None
         self._reindex()
 
     # ---- durability and lifetime ----

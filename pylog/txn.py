@@ -8,20 +8,26 @@ State per transactional.id (meta.txns, JSON):
 Transitions (Kafka's): Empty|Complete* -> Ongoing -> Prepare* -> Complete*.
 
 The commit point is the durable Prepare* record (LMDB commit with fsync),
-written before any marker.  After it the outcome is decided: markers go to
-every partition of the transaction, then Complete*.  A Prepare* found later
-(the owner crashed) is rolled forward by whoever opens the store; markers
-already present are detected from the partition's producer state, so none
-is written twice.
+written after the transaction's data is durable and before any marker; a
+commit's offsets are materialised in the same LMDB transaction, since the
+outcome is decided there.  Markers then go to every partition, and
+commit_transaction() returns without waiting for them to reach the disk or
+for Complete*: both are re-derivable from Prepare*.  The owner's next call
+(add partitions or offsets, end, close) turns its own Prepare* into
+Complete*, knowing its markers are written; a Prepare* whose owner crashed is
+rolled forward by whoever opens the store, and markers already present are
+detected from the partition's producer state, so none is written twice.
+So a durable commit costs the data's fsync and Prepare*'s (plus the
+add-partitions record's, once per transaction).
 
 Every end of a transaction bumps the epoch (KIP-890): markers carry the new
 epoch, so a delayed write of the finished transaction is fenced by the
 partition (INVALID_PRODUCER_EPOCH) instead of joining the next one.
 
-Concurrency: each transactional.id has a lock file (flock) held while its
-transaction ends, so an owner finishing its commit and another process
-rolling the same Prepare* forward never interleave.  The LMDB write lock
-orders everything else.
+Concurrency: every change to a transactional.id's state happens under its
+lock file (flock), so an owner moving on to its next transaction and another
+process rolling the same Prepare* forward never interleave (a roll-forward
+writing markers after the owner began anew would end the new transaction).
 """
 import fcntl
 import hashlib
@@ -126,46 +132,56 @@ class Coordinator:
             return self.meta.update(bump)
 
     # ---- AddPartitionsToTxn / AddOffsetsToTxn ----
-    def _check_owner(self, tid, st, pid, epoch):
+    def _owned(self, tid, st, pid, epoch):
+        """st with the owner's own finished transaction (Prepare* at the
+        owner's current epoch: its markers are written) marked Complete*."""
         if st is None or st["producer_id"] != pid or st["producer_epoch"] != epoch:
             raise fenced(tid, pid, epoch, st or {"producer_id": -1, "producer_epoch": -1})
         if st["state"] in (PREPARE_COMMIT, PREPARE_ABORT):
-            raise KafkaException(KafkaError(
-                KafkaError.CONCURRENT_TRANSACTIONS,
-                "transactional.id %r is completing its previous transaction" % tid, retriable=True))
+            st["state"] = COMPLETE_COMMIT if st["state"] == PREPARE_COMMIT else COMPLETE_ABORT
+            st["partitions"], st["offsets"], st["start_ms"] = [], {}, -1
+        return st
+
+    def _begin_if_needed(self, st):
+        if st["state"] != ONGOING:
+            st["state"], st["start_ms"], st["partitions"], st["offsets"] = ONGOING, _now_ms(), [], {}
 
     def add_partitions(self, tid, pid, epoch, partitions):
         """Record partitions before the transaction writes to them (durable),
         so an abort or a roll-forward knows where to put markers."""
         def add(txn):
-            st = self._get(txn, tid)
-            self._check_owner(tid, st, pid, epoch)
+            st = self._owned(tid, self._get(txn, tid), pid, epoch)
+            self._begin_if_needed(st)
             have = {tuple(p) for p in st["partitions"]}
-            new = [list(p) for p in partitions if tuple(p) not in have]
-            if not new and st["state"] == ONGOING:
-                return
-            if st["state"] != ONGOING:
-                st["state"], st["start_ms"], st["offsets"] = ONGOING, _now_ms(), {}
-                st["partitions"] = []
-            st["partitions"].extend(new)
+            st["partitions"].extend(list(p) for p in partitions if tuple(p) not in have)
             st["update_ms"] = _now_ms()
             self.meta.put_txn(txn, tid, st)
-        self.meta.update(add)
+        with self._tid_lock(tid):
+            self.meta.update(add)
 
     def add_offsets(self, tid, pid, epoch, group, offsets):
         """Stage the group's offsets in the transaction: visible iff it commits."""
         def add(txn):
-            st = self._get(txn, tid)
-            self._check_owner(tid, st, pid, epoch)
-            if st["state"] != ONGOING:
-                st["state"], st["start_ms"], st["partitions"], st["offsets"] = ONGOING, _now_ms(), [], {}
+            st = self._owned(tid, self._get(txn, tid), pid, epoch)
+            self._begin_if_needed(st)
             staged = {(t, p): [t, p, o, m] for t, p, o, m in st["offsets"].get(group, [])}
             for t, p, o, m in offsets:
                 staged[(t, p)] = [t, p, o, m]
             st["offsets"][group] = list(staged.values())
             st["update_ms"] = _now_ms()
             self.meta.put_txn(txn, tid, st)
-        self.meta.update(add)
+        with self._tid_lock(tid):
+            self.meta.update(add)
+
+    def finish(self, tid, pid, epoch):
+        """Record Complete* for the owner's last transaction (on close)."""
+        def done(txn):
+            st = self._get(txn, tid)
+            if st is not None and st["producer_id"] == pid and st["producer_epoch"] == epoch \
+                    and st["state"] in (PREPARE_COMMIT, PREPARE_ABORT):
+                self.meta.put_txn(txn, tid, self._owned(tid, st, pid, epoch))
+        with self._tid_lock(tid):
+            self.meta.update(done)
 
     # ---- EndTxn ----
     def end_txn(self, tid, pid, epoch, commit):
@@ -178,63 +194,71 @@ class Coordinator:
                     and st["state"] in (want, done):
                 # A retried EndTxn after the epoch bump: finish it, report success.
                 if st["state"] == want:
-                    self._complete(tid, st)
+                    self._write_markers(st)
                 return epoch + 1
-            self._prepare(tid, pid, epoch, commit)
-            st = self.meta.view(lambda txn: self._get(txn, tid))
-            self._complete(tid, st)
+            st = self._prepare(tid, pid, epoch, commit)
+            self._write_markers(st)
             return st["producer_epoch"]
 
     def _prepare(self, tid, pid, epoch, commit, fence=False):
-        """Write Prepare* durably (the commit point), bumping the epoch."""
+        """Write Prepare* durably (the commit point), bumping the epoch; a
+        commit's offsets become the group's committed offsets here."""
         def prepare(txn):
             st = self._get(txn, tid)
-            if st is None or st["producer_id"] != pid or st["producer_epoch"] != epoch:
-                raise fenced(tid, pid, epoch, st or {"producer_id": -1, "producer_epoch": -1})
-            if st["state"] not in (ONGOING, EMPTY, COMPLETE_COMMIT, COMPLETE_ABORT):
-                raise KafkaException(KafkaError(
-                    KafkaError._STATE, "transactional.id %r is in state %s" % (tid, st["state"])))
+            if fence:
+                if st is None or st["producer_id"] != pid or st["producer_epoch"] != epoch \
+                        or st["state"] != ONGOING:
+                    raise fenced(tid, pid, epoch, st or {"producer_id": -1, "producer_epoch": -1})
+            else:
+                st = self._owned(tid, st, pid, epoch)
             if st["state"] != ONGOING:
                 st["partitions"], st["offsets"] = [], {}
             if st["producer_epoch"] >= MAX_EPOCH:
                 raise KafkaException(KafkaError(KafkaError._FATAL, "producer epoch exhausted", fatal=True))
+            if commit:
+                for group, offs in st["offsets"].items():
+                    for t, p, o, m in offs:
+                        self.meta.put_offset(txn, group, t, p, o, m)
+            st["offsets"] = {}
             st["producer_epoch"] += 1
             st["state"] = PREPARE_COMMIT if commit else PREPARE_ABORT
             st["update_ms"] = _now_ms()
             self.meta.put_txn(txn, tid, st)
+            return st
         from . import failpoints
         failpoints.hit("txn.prepare.before")
-        self.meta.update(prepare)
+        st = self.meta.update(prepare)
         failpoints.hit("txn.prepare.after")
+        return st
 
-    def _complete(self, tid, st):
-        """Markers to every partition of a Prepare* transaction, then Complete*."""
+    def _write_markers(self, st):
+        """A marker on every partition of a Prepare* transaction that lacks one.
+        Not fsynced: Prepare* is durable, so a lost marker is written again."""
         from . import failpoints
         commit = st["state"] == PREPARE_COMMIT
         pid, epoch = st["producer_id"], st["producer_epoch"]
         marker = control_batch(pid, epoch, commit, COORDINATOR_EPOCH, _now_ms())
-        for i, (topic, partition) in enumerate(st["partitions"]):
+        for topic, partition in st["partitions"]:
             part = self.store.partition(topic, partition)
             if self._has_marker(part, pid, epoch):
                 continue
-            res = part.append([marker])[0]
+            res = part.append([marker], sync="never")[0]
             if res.error is not None and res.error.code() != KafkaError.PRODUCER_FENCED:
                 raise KafkaException(res.error)
             failpoints.hit("txn.marker.after")
+
+    def _complete(self, tid, st):
+        """Roll a Prepare* forward: markers, then Complete* (caller holds the tid lock)."""
+        from . import failpoints
+        self._write_markers(st)
+        pid, epoch = st["producer_id"], st["producer_epoch"]
 
         def complete(txn):
             cur = self._get(txn, tid)
             if cur is None or cur["producer_id"] != pid or cur["producer_epoch"] != epoch \
                     or cur["state"] != st["state"]:
                 return                              # someone else completed it
-            if commit:
-                for group, offs in cur["offsets"].items():
-                    for t, p, o, m in offs:
-                        self.meta.put_offset(txn, group, t, p, o, m)
-            cur["state"] = COMPLETE_COMMIT if commit else COMPLETE_ABORT
-            cur["partitions"], cur["offsets"], cur["start_ms"] = [], {}, -1
-            cur["update_ms"] = _now_ms()
-            self.meta.put_txn(txn, tid, cur)
+            self.meta.put_txn(txn, tid, self._owned(tid, cur, pid, epoch))
         self.meta.update(complete)
         failpoints.hit("txn.complete.after")
 
@@ -288,10 +312,11 @@ class Coordinator:
         return aborted
 
     def pending_offsets(self, group):
-        """{(topic, partition)} with offsets staged by an unfinished transaction."""
+        """{(topic, partition)} with offsets staged by an unfinished transaction
+        (a commit's offsets are materialised at PrepareCommit)."""
         out = set()
         for st in self.meta.view(self.meta.txn_ids).values():
-            if st["state"] in (ONGOING, PREPARE_COMMIT, PREPARE_ABORT):
+            if st["state"] == ONGOING:
                 for t, p, _, _ in st["offsets"].get(group, []):
                     out.add((t, p))
         return out
