@@ -403,7 +403,7 @@ class PartitionLog:
         """Close the active segment (fsynced) and start one at the next offset."""
         old = self._segments[-1]
         failpoints.hit("log.roll.before")
-        self.sync()
+        self.sync(force=True)
         new = Segment(self.path, old.next_offset, self.config.index_interval_bytes, create=True)
         failpoints.hit("log.roll.created")
         fsutil.fsync_dir(self.path)
@@ -459,11 +459,14 @@ class PartitionLog:
     def _write_sync_marker(self, base, pos, failed):
         os.pwrite(self._sync_fd, _SYNC.pack(base, pos, failed), 0)
 
-    def sync(self):
-        """fsync the active segment; a failure stops all writes to this partition."""
+    def sync(self, force=False):
+        """fsync the active segment if this process wrote to it since its last
+        fsync, or always with force (bytes other processes appended count
+        too: fdatasync covers the whole file).  A failure stops all writes
+        to this partition."""
         with self._mutex:
             self._check_writable()
-            if not self._unsynced:
+            if not self._unsynced and not force:
                 return
             seg = self._segments[-1]
             try:
@@ -497,10 +500,10 @@ class PartitionLog:
                     KafkaError.OFFSET_OUT_OF_RANGE,
                     "offset %d is outside the log [%d, %d] of %s" % (
                         offset, self.log_start_offset, self.next_offset, self.path)))
+            # Segments are contiguous (recovery drops any after a gap), so the
+            # base offsets alone route the read; a segment below the recovery
+            # point does not know its next_offset (None) until its index loads.
             seg, i = self._segment_for(offset)
-            while offset >= seg.next_offset and i + 1 < len(self._segments):
-                i += 1
-                seg = self._segments[i]
             end = seg.size
             pos = seg.lookup(offset)
         if upto is not None and offset >= upto:
@@ -597,7 +600,7 @@ class PartitionLog:
             try:
                 if not self._failed and self._unsynced:
                     with self.locked():
-                        self.sync()
+                        self.sync(force=True)
                         self._write_recovery_point(*self._tail_point())
             finally:
                 for seg in self._segments:

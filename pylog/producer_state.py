@@ -93,12 +93,20 @@ class PartitionState:
             self.open_txns[pid] = first
         if self.end > log_end:
             log.warning("%s-%d: producer state snapshot at %d is ahead of the log end %d; "
-                        "dropping producers written after it", self.topic, self.partition,
+                        "forgetting the batches written after it", self.topic, self.partition,
                         self.end, log_end)
             for pid, e in list(self.entries.items()):
-                if e.n == 0 or e.batches[e.n - 1].last_offset >= log_end:
-                    del self.entries[pid]
+                # The window is in offset order: keep the prefix still in the log.
+                kept = 0
+                while kept < e.n and e.batches[kept].last_offset < log_end:
+                    kept += 1
+                if kept != e.n:
                     self._dirty.add(pid)
+                    e.n = kept
+                    if e.current_txn_first_offset >= log_end:
+                        e.current_txn_first_offset = -1
+                    if kept == 0:
+                        del self.entries[pid]
             for pid, first in list(self.open_txns.items()):
                 if first >= log_end:
                     del self.open_txns[pid]

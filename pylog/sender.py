@@ -133,9 +133,7 @@ class Sender:
         p = self.p
         cb0 = p._default_cb
         if cb0 is None and set(map(type, items)) == _BARE:
-            part = tq.sticky
-            self._rotate(tq)
-            return self._split_bare(tq.topic, part, items, ts0)
+            return self._stick(tq, self._split_bare(tq.topic, -1, items, ts0))
         recs, keys, key_lens, explicit = [], [], array("q"), []
         for it in items:
             if it.__class__ is bytes:
@@ -145,24 +143,37 @@ class Sender:
             else:
                 value, key, partition, cb, ts, headers, hbytes, hcount = it
                 recs.append((value, key, cb, ts or ts0, headers, hbytes, hcount))
-                if key is not None:
+                if key is not None and partition < 0:
                     keys.append(key)
-                key_lens.append(-1 if key is None else len(key))
+                key_lens.append(-1 if key is None or partition >= 0 else len(key))
                 explicit.append(partition)
         parts = ffi.new("int32_t[]", n)
         rc = lib.pl_partition_many(n, b"".join(keys), ffi.from_buffer("int64_t[]", key_lens),
-                                   tq.nparts, tq.sticky, parts)
+                                   tq.nparts, -1, parts)
         if rc:
             raise_for(rc, "partitioner")
-        self._rotate(tq)
         groups = collections.OrderedDict()
+        keyless = []
         for i in range(n):
             part = explicit[i] if explicit[i] >= 0 else parts[i]
-            groups.setdefault(part, []).append(recs[i])
+            if part < 0:
+                keyless.append(recs[i])
+            else:
+                groups.setdefault(part, []).append(recs[i])
         out = []
         for part, group in groups.items():
             out.extend(self._split(tq.topic, part, group, ts0))
+        if keyless:
+            out.extend(self._stick(tq, self._split(tq.topic, -1, keyless, ts0)))
         return out
+
+    def _stick(self, tq, batches):
+        """Kafka's sticky partitioner: keyless records go to one partition until
+        their batch is complete, then to another."""
+        for b in batches:
+            b.partition = tq.sticky
+            self._rotate(tq)
+        return batches
 
     @staticmethod
     def _rotate(tq):

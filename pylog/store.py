@@ -63,7 +63,7 @@ class Partition:
         with self.log.locked():
             self.log.refresh()
             self.state.catch_up(self.log)
-            self.log.sync()
+            self.log.sync(force=True)           # other processes' appends too
             meta = self.store.meta
             meta.update(lambda txn: self.state.snapshot(meta, txn, self.pk))
             self.state.snapshot_done()

@@ -308,17 +308,21 @@ def test_keyed_records_land_on_kafkas_murmur2_partition(closing, conf):
 
 
 def test_keyless_records_spread_over_partitions(closing, conf):
+    """Keyless records stick to one partition for a while (librdkafka's
+    sticky partitioner: one partition per burst), then move on."""
     admin = AdminClient(conf)
     closing(admin)
     admin.create_topics([NewTopic("spread", num_partitions=4)])["spread"].result()
-    p = producer(closing, conf, **{"batch.num.messages": 10, "linger.ms": 60000})
+    p = producer(closing, conf, **{"linger.ms": 1})
     dr = Reports()
-    for i in range(2000):
-        p.produce("spread", value=b"%d" % i, on_delivery=dr)
-    p.flush(10)
+    for burst in range(60):
+        for i in range(10):
+            p.produce("spread", value=b"%d-%d" % (burst, i), on_delivery=dr)
+        p.flush(5)
     counts = collections.Counter(m.partition() for _, m in dr.got)
     assert sorted(counts) == [0, 1, 2, 3]
-    assert sum(counts.values()) == 2000
+    assert sum(counts.values()) == 600
+    assert dr.errors == []
 
 
 # ---------------------------------------------------------------------------

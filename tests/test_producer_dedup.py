@@ -472,10 +472,6 @@ def test_snapshot_ahead_of_log_drops_producers_written_after_log_end(store_path)
     s.release()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "PartitionState.load drops every producer whose LAST batch is past the "
-    "log end, even when its earlier batches are still in the log: a re-send of "
-    "such a batch is written twice and a sequence gap goes unnoticed"))
 def test_snapshot_ahead_of_log_keeps_batches_still_in_log(store_path):
     s = Store.acquire(store_path)
     part = s.partition(TOPIC, 0)
@@ -571,11 +567,6 @@ def test_expiration_counts_from_the_last_write_not_the_batch_timestamp(store_pat
     s.release()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Partition.snapshot relies on PartitionLog.sync(), which fsyncs only bytes "
-    "THIS process wrote (_unsynced): bytes another process appended and never "
-    "fsynced get recorded in LMDB's state_end, so the snapshot can outrun the "
-    "durable log"))
 def test_snapshot_fsyncs_bytes_appended_by_other_processes(store_path, monkeypatch):
     from pylog import fsutil
     s = Store.acquire(store_path)
