@@ -106,10 +106,21 @@ class AdminClient:
             parts = 1 if nt.num_partitions == -1 else nt.num_partitions
             try:
                 if validate_only:
+                    # Kafka's validate_only runs every check of a real create,
+                    # the topic's existence and partition count included.
                     from .format import validate_topic
-                    from .store import validate_topic_config
+                    from .store import MAX_PARTITIONS, validate_topic_config
                     validate_topic(nt.topic)
+                    if not isinstance(parts, int) or isinstance(parts, bool) \
+                            or not 1 <= parts <= MAX_PARTITIONS:
+                        raise KafkaException(KafkaError(
+                            KafkaError.INVALID_PARTITIONS,
+                            "num_partitions must be an integer in 1..%d, got %r"
+                            % (MAX_PARTITIONS, parts)))
                     validate_topic_config(nt.config)
+                    if self._store.topic(nt.topic) is not None:
+                        raise KafkaException(KafkaError(KafkaError.TOPIC_ALREADY_EXISTS,
+                                                        "Topic '%s' already exists." % nt.topic))
                 else:
                     self._store.create_topic(nt.topic, parts, nt.config)
                 out[nt.topic] = _done(None)

@@ -5,11 +5,13 @@ so a typo is caught on one machine before it reaches a cluster.  Network
 and security properties are accepted and ignored, so one dict serves a
 pylog store and a Kafka cluster.  Store-only properties start with "pylog.".
 """
+import logging
 from urllib.parse import unquote, urlparse
 
 from .errors import KafkaError, KafkaException
 
 INT32_MAX = 2147483647
+_log = logging.getLogger("pylog.config")
 
 # name: (kind, default, low, high or choices)
 _COMMON = {
@@ -123,10 +125,19 @@ def parse(conf, role):
             continue
         spec = schema.get(name)
         if spec is None:
-            other = _CONSUMER if role == "producer" else _PRODUCER
-            if name in other or name.startswith("pylog."):
-                raise invalid('Configuration property "%s" is not supported for a %s' % (key, role))
-            raise invalid('No such configuration property: "%s"' % key)
+            spec = _PRODUCER.get(name) or _CONSUMER.get(name)
+            if spec is None:
+                raise invalid('No such configuration property: "%s"' % key)
+            # librdkafka checks the value of a property meant for the other
+            # client type, then ignores it with a warning: one dict (with
+            # group.id, linger.ms, ...) then configures producers, consumers
+            # and admin clients alike, as with confluent-kafka.
+            _convert(key, value, spec)
+            if role != "admin":
+                _log.warning('Configuration property %s is a %s property and will be ignored '
+                             'by this %s instance', key,
+                             "producer" if name in _PRODUCER else "consumer", role)
+            continue
         out[name] = _convert(key, value, spec)
     return out
 

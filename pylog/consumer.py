@@ -101,6 +101,8 @@ class Consumer:
         self._group_fd = None
         self._next_auto_commit = time.monotonic() + self._auto_commit_interval
         self._rr = 0
+        self._hot = None                            # the _Fetch poll() serves from first
+        self._assigned_in_callback = False
         self._closed = False
         self._generation = 0
         self._member_id = "pylog-%d-%d" % (os.getpid(), id(self))
@@ -109,13 +111,16 @@ class Consumer:
     def assign(self, partitions):
         """Read exactly these partitions (offsets: explicit, or committed / reset)."""
         self._check_open()
+        self._assigned_in_callback = True
         with self._lock:
+            self._hot = None
             self._fetches.clear()
             for tp in self._tps(partitions):
                 self._add(tp)
 
     def incremental_assign(self, partitions):
         self._check_open()
+        self._assigned_in_callback = True
         with self._lock:
             for tp in self._tps(partitions):
                 if (tp.topic, tp.partition) in self._fetches:
@@ -126,12 +131,14 @@ class Consumer:
     def incremental_unassign(self, partitions):
         self._check_open()
         with self._lock:
+            self._hot = None
             for tp in self._tps(partitions):
                 self._fetches.pop((tp.topic, tp.partition), None)
 
     def unassign(self):
         self._check_open()
         with self._lock:
+            self._hot = None
             self._fetches.clear()
 
     def assignment(self):
@@ -183,6 +190,7 @@ class Consumer:
         if self._auto_commit:
             self._commit_stored()
         self._fetches.clear()
+        self._hot = None
         fcntl.flock(self._group_fd, fcntl.LOCK_UN)
         os.close(self._group_fd)
         self._group_fd = None
@@ -211,9 +219,10 @@ class Consumer:
             for t in sorted(names):
                 parts.extend(TopicPartition(t, p) for p in range(known[t]["partitions"]))
         if on_assign:
+            self._assigned_in_callback = False
             on_assign(self, parts)
-            if not self._fetches and parts:
-                pass               # the callback chose an empty assignment
+            if not self._assigned_in_callback:
+                self.assign(parts)              # as confluent-kafka: the callback may only look
         else:
             self.assign(parts)
 
@@ -389,6 +398,16 @@ class Consumer:
     # ---- polling ----
     def poll(self, timeout=None):
         """One Message (a record, or an event whose error() is set), or None."""
+        f = self._hot
+        if f is not None and f.buffer and not f.paused and not (
+                self._auto_commit and time.monotonic() >= self._next_auto_commit):
+            # Short path: the next decoded record of the partition served last.
+            m = f.buffer.popleft()
+            if m._error is None:
+                f.position = m._offset + 1
+                if self._auto_store:
+                    self._stored[f.tp] = f.position
+            return m
         msgs = self._consume(1, timeout)
         return msgs[0] if msgs else None
 
@@ -437,6 +456,8 @@ class Consumer:
             take = min(n - len(out), len(f.buffer))
             for _ in range(take):
                 out.append(f.buffer.popleft())
+            if f.buffer:
+                self._hot = f
             if take:
                 last = out[-1]
                 if last.error() is None:
@@ -510,18 +531,26 @@ class Consumer:
             if bi.is_control:
                 position = bi.next_offset
                 continue
-            recs = records_region(data, bi)
-            fields = _bridge.decode_records(recs, bi.records_count, bi.base_offset, bi.base_timestamp)
+            if bi.compression:
+                src, base = records_region(data, bi), 0
+            else:                               # slice the fetched bytes directly
+                src, base = data, bi.position + _bridge.HEADER_SIZE
+            fields = _bridge.decode_records(
+                src if bi.compression else memoryview(data)[base:bi.position + bi.size],
+                bi.records_count, bi.base_offset, bi.base_timestamp)
             log_append = bi.attributes & 0x08
             tstype = TIMESTAMP_LOG_APPEND_TIME if log_append else TIMESTAMP_CREATE_TIME
-            for i in range(0, len(fields), _FIELDS):
-                off, ts, kp, kl, vp, vl, hp, hc = fields[i:i + _FIELDS]
-                if off < f.position:
+            first = f.position
+            it = iter(fields)
+            for off, ts, kp, kl, vp, vl, hp, hc in zip(it, it, it, it, it, it, it, it):
+                if off < first:
                     continue
+                kp += base
+                vp += base
                 buf.append(Message(topic, partition, off,
-                                   None if kl < 0 else bytes(recs[kp:kp + kl]),
-                                   None if vl < 0 else bytes(recs[vp:vp + vl]),
-                                   _bridge.decode_headers(recs[hp:], hc) if hc else None,
+                                   None if kl < 0 else src[kp:kp + kl],
+                                   None if vl < 0 else src[vp:vp + vl],
+                                   _bridge.decode_headers(memoryview(src)[base + hp:], hc) if hc else None,
                                    bi.max_timestamp if log_append else ts, None, tstype))
             position = bi.next_offset
         if not buf:
@@ -544,6 +573,7 @@ class Consumer:
                     self._commit_stored()
         finally:
             self._closed = True
+            self._hot = None                    # poll()'s short path must not outlive close()
             self._store.release()
 
     def __enter__(self):

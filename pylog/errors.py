@@ -30,6 +30,7 @@ _CODES = {
     "_PURGE_INFLIGHT": (-151, "Local: Purged in flight"),
     "_FATAL": (-150, "Local: Fatal error"),
     "_INCONSISTENT": (-149, "Local: Inconsistent state"),
+    "_NOT_CONFIGURED": (-145, "Local: Functionality not configured"),
     "_FENCED": (-144, "Local: This instance has been fenced by a newer instance"),
     "_ASSIGNMENT_LOST": (-142, "Local: Group partition assignment lost"),
     "_AUTO_OFFSET_RESET": (-140, "Local: No offset to automatically reset to"),

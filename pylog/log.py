@@ -168,16 +168,17 @@ class PartitionLog:
         """Validate from the recovery point to the end; cut at the first bad
         batch and drop every later segment (their offsets would leave a gap)."""
         rp = self._read_recovery_point()
-        start_idx, position, max_ts = 0, 0, -1
+        start_idx, position, max_ts, rp_offset = 0, 0, -1, None
         if rp is not None:
             offset, seg_base, pos, ts = rp
             if seg_base in self._bases:
                 start_idx = self._bases.index(seg_base)
-                position, max_ts = pos, ts
+                position, max_ts, rp_offset = pos, ts, offset
         for i in range(start_idx, len(self._segments)):
             seg = self._segments[i]
             removed = seg.recover(self.config.max_batch_size, position if i == start_idx else 0,
-                                  max_ts if i == start_idx else -1)
+                                  max_ts if i == start_idx else -1,
+                                  rp_offset if i == start_idx else None)
             expected_next = self._bases[i + 1] if i + 1 < len(self._bases) else None
             if (removed or seg.next_offset != expected_next) and expected_next is not None:
                 self._drop_segments_after(i)
@@ -319,7 +320,9 @@ class PartitionLog:
             return []
         infos = []
         for b in batches:
-            found, end, rc = _bridge.scan(b, self.config.max_batch_size, True)
+            # Any length the buffer holds: a batch too big for a segment is
+            # refused below as too large, not as corrupt.
+            found, end, rc = _bridge.scan(b, 0x7FFFFFFF, True)
             if rc or len(found) != 1 or end != len(b):
                 raise KafkaException(KafkaError(
                     KafkaError.CORRUPT_MESSAGE if rc else KafkaError._INVALID_ARG,
@@ -330,6 +333,12 @@ class PartitionLog:
                     KafkaError.MSG_SIZE_TOO_LARGE,
                     "batch of %d bytes is over max.message.bytes=%d" % (
                         found[0].size, self.config.max_message_bytes)))
+            if found[0].size > self.config.segment_bytes:
+                # Kafka's RecordBatchTooLargeException: no segment can hold it.
+                raise KafkaException(KafkaError(
+                    KafkaError.RECORD_LIST_TOO_LARGE,
+                    "batch of %d bytes is larger than segment.bytes=%d" % (
+                        found[0].size, self.config.segment_bytes)))
             infos.append(found[0])
         with self.locked():
             self._check_writable()
@@ -356,9 +365,18 @@ class PartitionLog:
             if hook:
                 hook.after(self, all_written)
             seg, end = self._segments[-1], self._segments[-1].size
-        if all_written and (sync or self.config.fsync) == "always":
+        policy = sync or self.config.fsync
+        if all_written and policy == "always":
+            self.sync_to(seg, end)
+        elif all_written and policy == "interval" and self.sync_due():
             self.sync_to(seg, end)
         return results
+
+    def sync_due(self):
+        """True when pylog.fsync=interval owes an fsync (unsynced bytes older
+        than pylog.fsync.interval.ms); the store's flusher thread asks too."""
+        return bool(self._unsynced) and \
+            (time.monotonic() - self._last_sync) * 1000 >= self.config.fsync_interval_ms
 
     def _maybe_roll(self, pending_bytes, batch_ts, written, written_infos):
         seg = self._segments[-1]
@@ -395,9 +413,6 @@ class PartitionLog:
         failpoints.hit("log.append.after_write")
         self._unsynced += pos
         self._since_checkpoint += pos
-        if (self.config.fsync == "interval" and
-                (time.monotonic() - self._last_sync) * 1000 >= self.config.fsync_interval_ms):
-            self.sync()
 
     def _roll(self):
         """Close the active segment (fsynced) and start one at the next offset."""
@@ -424,7 +439,10 @@ class PartitionLog:
         under the .sync flock.  The .sync file records (segment, position)
         of the last fsync; whoever finds its own end already covered returns
         without an fsync of its own, and whoever does fsync covers every byte
-        written so far by anybody."""
+        written so far by anybody.
+
+        Lock order: the append lock (self._mutex) may be held when this is
+        called, never taken inside it."""
         with self._sync_mutex:
             fcntl.flock(self._sync_fd, fcntl.LOCK_EX)
             try:
@@ -440,13 +458,13 @@ class PartitionLog:
                     seg.sync()
                 except StorageError as e:
                     self._failed = str(e)
-                    self._write_sync_marker(seg.base_offset, pos, True)
+                    self._write_sync_marker(base, pos, True)
                     raise
-                self._write_sync_marker(seg.base_offset, size, False)
-                with self._mutex:
-                    if seg is self._segments[-1]:
-                        self._unsynced = 0
-                        self._last_sync = time.monotonic()
+                if seg.base_offset >= base:
+                    self._write_sync_marker(seg.base_offset, size, False)
+                if seg is self._segments[-1] and size >= seg.size:
+                    self._unsynced = 0
+                    self._last_sync = time.monotonic()
             finally:
                 fcntl.flock(self._sync_fd, fcntl.LOCK_UN)
 
@@ -469,13 +487,7 @@ class PartitionLog:
             if not self._unsynced and not force:
                 return
             seg = self._segments[-1]
-            try:
-                seg.sync()
-            except StorageError as e:
-                self._failed = str(e)
-                raise
-            self._unsynced = 0
-            self._last_sync = time.monotonic()
+            self.sync_to(seg, os.fstat(seg.fd).st_size)
             if self._since_checkpoint >= self.config.checkpoint_bytes and self._lock_depth:
                 self._write_recovery_point(*self._tail_point())
 
@@ -505,21 +517,24 @@ class PartitionLog:
             # point does not know its next_offset (None) until its index loads.
             seg, i = self._segment_for(offset)
             end = seg.size
-            pos = seg.lookup(offset)
+            expect, pos = seg.lookup_entry(offset)
         if upto is not None and offset >= upto:
             return b"", []
-        return self._read_batches(seg, pos, end, offset, max_bytes, upto)
+        return self._read_batches(seg, pos, end, offset, max_bytes, upto, expect)
 
-    def _read_batches(self, seg, pos, end, offset, max_bytes, upto):
+    def _read_batches(self, seg, pos, end, offset, max_bytes, upto, expect):
         # The index entry may sit up to index.interval.bytes before offset.
+        # expect: the base offset of the batch at pos.  baseOffset is outside
+        # the CRC, so only the offset sequence catches a damaged one (which
+        # would otherwise hand out records under offsets they never had).
         chunk = max(max_bytes, 4096) + self.config.index_interval_bytes
         while pos < end:
             data = seg.read(pos, min(chunk, end - pos))
-            infos, valid, rc = _bridge.scan(data, self.config.max_batch_size, True)
-            if rc not in (0, _bridge.lib.PL_ETORN) or (not infos and len(data) == end - pos):
-                # Bytes below seg.size were validated once: they changed on disk.
-                raise CorruptRecordError("%s: %s at position %d" % (
-                    seg.log_path, _bridge.SCAN_REASONS.get(rc, rc), pos + valid))
+            infos, valid, rc = _bridge.scan(data, self.config.max_batch_size, True, expect)
+            # Bytes below seg.size were validated once: damage means they
+            # changed on disk.  The whole batches before it are still served,
+            # so a reader gets everything up to the damaged batch itself.
+            damaged = rc not in (0, _bridge.lib.PL_ETORN) or (not infos and len(data) == end - pos)
             out, first = [], None
             for bi in infos:
                 if bi.last_offset < offset:
@@ -537,8 +552,12 @@ class PartitionLog:
                 for bi in out:
                     bi.position -= first
                 return buf, out
+            if damaged:
+                raise CorruptRecordError("%s: %s at position %d" % (
+                    seg.log_path, _bridge.SCAN_REASONS.get(rc, rc), pos + valid))
             if infos and (upto is None or infos[-1].base_offset < upto):
                 pos += valid                    # all before offset: read on
+                expect = infos[-1].next_offset
                 continue
             if infos:
                 break
@@ -553,8 +572,10 @@ class PartitionLog:
             segs = list(self._segments)
         for seg in segs:
             start = seg.lookup_time(timestamp)
-            pos = seg.lookup(start)
-            infos, _, _ = seg.scan_from(pos, -1, self.config.max_batch_size, seg.size)
+            expect, pos = seg.lookup_entry(start)
+            # expect: offsets are checked as in read(); damage before the
+            # answer must not turn into a later (wrong) answer.
+            infos, end, rc = seg.scan_from(pos, expect, self.config.max_batch_size, seg.size)
             for bi in infos:
                 if bi.is_control or bi.max_timestamp < timestamp:
                     continue
@@ -562,6 +583,9 @@ class PartitionLog:
                 for rec in decode_batch(data, _rebase(bi, -bi.position)):
                     if rec.timestamp >= timestamp:
                         return rec.offset
+            if rc:
+                raise CorruptRecordError("%s: %s at position %d" % (
+                    seg.log_path, _bridge.SCAN_REASONS.get(rc, rc), end))
         return -1
 
     def batches(self, start_offset, end_offset=None):
@@ -574,7 +598,9 @@ class PartitionLog:
                 continue
             if end_offset is not None and seg.base_offset >= end_offset:
                 break
-            infos, _, _ = seg.scan_from(seg.lookup(start_offset), -1, self.config.max_batch_size, seg.size)
+            expect, pos = seg.lookup_entry(start_offset)
+            # expect: never yield a damaged baseOffset (it is outside the CRC).
+            infos, _, _ = seg.scan_from(pos, expect, self.config.max_batch_size, seg.size)
             for bi in infos:
                 if bi.last_offset < start_offset:
                     continue

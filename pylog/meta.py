@@ -14,6 +14,7 @@ Named databases and their keys (pk = topic UTF-8 + 0x00 + int32 BE partition):
     aborted     pk + int64 BE last_offset + int64 BE producer_id
                                                -> int64 BE first_offset + int64 BE lso
     txns        transactional.id UTF-8         -> JSON coordinator state
+    pids        int64 BE producer_id           -> transactional.id UTF-8 (its owner)
     offsets     group + 0x00 + pk              -> JSON {"offset": o, "metadata": m}
     groups      group UTF-8                    -> JSON membership (consumer groups)
 
@@ -33,7 +34,6 @@ import json
 import os
 import struct
 import threading
-import weakref
 from contextlib import contextmanager
 
 import lmdb
@@ -41,7 +41,7 @@ import lmdb
 from .errors import KafkaError, KafkaException
 
 _DBS = (b"topics", b"counters", b"pstate", b"partitions", b"txn_open", b"aborted",
-        b"txns", b"offsets", b"groups")
+        b"txns", b"pids", b"offsets", b"groups")
 _Q = struct.Struct(">q")
 _QQ = struct.Struct(">qq")
 INITIAL_MAP_SIZE = 64 << 20
@@ -58,8 +58,8 @@ def split_pkey(key):
 
 
 class _Gate:
-    """Held shared by every open transaction of one Meta, alone by a map
-    resize and by fork().
+    """Held shared by every open transaction of one environment, alone by a
+    map resize and by fork().
 
     Why: py-lmdb's set_mapsize() invalidates every open transaction of the
     process (a read in another thread then fails with lmdb.Error "Attempt to
@@ -124,32 +124,82 @@ class _Gate:
             self.release_alone()
 
 
-# Every open Meta, for the fork hooks below.
-_instances = weakref.WeakSet()
+class _Env:
+    """The process's one lmdb.Environment for a directory, shared by every
+    Meta on it: LMDB (and py-lmdb, which refuses) must not open the same
+    files twice in one process (its fcntl() locks belong to the process)."""
+
+    def __init__(self, path, sync):
+        self.pid = os.getpid()
+        self.refs = 0
+        self.gate = _Gate()
+        self.env = lmdb.open(path, map_size=INITIAL_MAP_SIZE, max_dbs=len(_DBS) + 4,
+                             metasync=False, sync=sync, max_readers=1024, readahead=False)
+        self.env.reader_check()         # free the slots of readers that died
+        self.db = {}
+        with self.env.begin(write=True) as txn:
+            for name in _DBS:
+                self.db[name.decode()] = self.env.open_db(name, txn=txn)
+
+
+_envs = {}                              # realpath -> _Env of this process
+_envs_lock = threading.Lock()
+
+
+def _acquire_env(path, sync):
+    key = os.path.realpath(path)
+    with _envs_lock:
+        e = _envs.get(key)
+        if e is None or e.pid != os.getpid():
+            e = _envs[key] = _Env(path, sync)
+        e.refs += 1
+        return e
+
+
+def _release_env(path, e):
+    with _envs_lock:
+        e.refs -= 1
+        if e.refs > 0 or e.pid != os.getpid():
+            return
+        if _envs.get(os.path.realpath(path)) is e:
+            del _envs[os.path.realpath(path)]
+    with e.gate.alone():
+        e.env.close()
+
+
+_forking = []                           # the _Envs whose gates the forking thread holds
 
 
 def _before_fork():
-    for meta in list(_instances):
-        meta._gate.acquire_alone()
+    # Hold _envs_lock across fork() so no environment is opened meanwhile.
+    _envs_lock.acquire()
+    for e in _envs.values():
+        e.gate.acquire_alone()
+        _forking.append(e)
 
 
 def _after_fork_parent():
-    for meta in list(_instances):
-        meta._gate.release_alone()
+    for e in _forking:
+        e.gate.release_alone()
+    del _forking[:]
+    _envs_lock.release()
 
 
 def _after_fork_child():
-    # LMDB: an environment must not be used after fork.  Close the inherited
-    # one (no transaction of it is open, see _Gate), so that py-lmdb lets this
-    # process open the files again; _env() reopens on first use.
-    for meta in list(_instances):
-        meta._gate = _Gate()
-        env, meta.env, meta.db = meta.env, None, {}
-        if env is not None:
-            try:
-                env.close()
-            except Exception:           # the child reopens regardless
-                pass
+    # LMDB: an environment must not be used after fork().  Close the inherited
+    # ones (no transaction of theirs is open, see _Gate), so that py-lmdb lets
+    # this process open the files again; Meta._shared() reopens on first use.
+    global _envs_lock
+    _envs_lock = threading.Lock()
+    envs = list(_envs.values())
+    _envs.clear()
+    del _forking[:]
+    for e in envs:
+        e.gate = _Gate()
+        try:
+            e.env.close()
+        except Exception:               # the child reopens regardless
+            pass
 
 
 if hasattr(os, "register_at_fork"):
@@ -158,43 +208,45 @@ if hasattr(os, "register_at_fork"):
 
 
 class Meta:
-    """One LMDB environment per store and process.  Thread-safe."""
+    """A store's LMDB environment as one client sees it.  Thread-safe.
+
+    Every Meta on one directory in one process shares one environment
+    (_Env); the first opener's sync setting applies."""
 
     def __init__(self, path, sync=True):
         self.path = path
         self.sync = sync
         os.makedirs(path, exist_ok=True)
-        self._lock = threading.Lock()
-        self._gate = _Gate()
-        self.env = None
-        self._open()
-        _instances.add(self)
+        self._closed = False
+        self._e = _acquire_env(path, sync)
 
-    def _open(self):
-        self._pid = os.getpid()
-        self.env = lmdb.open(self.path, map_size=INITIAL_MAP_SIZE, max_dbs=len(_DBS) + 4,
-                             metasync=False, sync=self.sync, max_readers=1024, readahead=False)
-        self.env.reader_check()
-        self.db = {}
-        with self.env.begin(write=True) as txn:
-            for name in _DBS:
-                self.db[name.decode()] = self.env.open_db(name, txn=txn)
-
-    def _env(self):
-        if self._pid != os.getpid():        # we are a forked child: LMDB forbids reuse
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._open()
-        if self.env is None:
+    def _shared(self):
+        e = self._e
+        if e.pid != os.getpid():            # we are a forked child: LMDB forbids reuse
+            with _envs_lock:
+                if self._e.pid != os.getpid() and not self._closed:
+                    self._e = None
+            if self._e is None:
+                self._e = _acquire_env(self.path, self.sync)
+            e = self._e
+        if self._closed:
             raise KafkaException(KafkaError(KafkaError._STATE, "LMDB at %s is closed" % self.path))
-        return self.env
+        return e
+
+    @property
+    def env(self):
+        return self._shared().env
+
+    @property
+    def db(self):
+        return self._shared().db
 
     def close(self):
-        _instances.discard(self)
-        if self.env is not None and self._pid == os.getpid():
-            with self._gate.alone():
-                self.env.close()
-        self.env = None
+        with _envs_lock:
+            if self._closed:
+                return
+            self._closed = True
+        _release_env(self.path, self._e)
 
     # ---- transactions ----
     def update(self, fn):
@@ -203,10 +255,10 @@ class Meta:
         fn may run more than once (after a map resize), so it must only act
         through txn."""
         for _ in range(64):
-            env = self._env()
-            with self._gate.shared():
+            e = self._shared()
+            with e.gate.shared():
                 try:
-                    txn = env.begin(write=True)
+                    txn = e.env.begin(write=True)
                 except lmdb.MapResizedError:
                     resize = "adopt"
                 else:
@@ -221,40 +273,39 @@ class Meta:
                         txn.abort()
                         raise
             # Resize with no transaction of ours open (see _Gate).
-            self._adopt_size() if resize == "adopt" else self._grow()
+            self._adopt_size(e) if resize == "adopt" else self._grow(e)
         raise KafkaException(KafkaError(KafkaError._FS, "LMDB write kept failing at %s" % self.path))
 
     def view(self, fn):
         """Run fn(txn) in a read transaction; returns fn's result."""
         for _ in range(64):
-            env = self._env()
-            with self._gate.shared():
+            e = self._shared()
+            with e.gate.shared():
                 try:
-                    with env.begin() as txn:
+                    with e.env.begin() as txn:
                         return fn(txn)
                 except lmdb.MapResizedError:
                     pass
-            self._adopt_size()
+            self._adopt_size(e)
         raise KafkaException(KafkaError(KafkaError._FS, "LMDB read kept failing at %s" % self.path))
 
-    def _adopt_size(self):
+    def _adopt_size(self, e):
         """Another process grew the map (MapResizedError): take its size."""
-        with self._gate.alone():
-            self._env().set_mapsize(0)
+        with e.gate.alone():
+            e.env.set_mapsize(0)
 
-    def _grow(self):
-        with self._gate.alone():
-            env = self._env()
-            size = env.info()["map_size"] * 2
+    def _grow(self, e):
+        with e.gate.alone():
+            size = e.env.info()["map_size"] * 2
             if size > MAX_MAP_SIZE:
                 raise KafkaException(KafkaError(
                     KafkaError._FS, "LMDB map at %s would exceed %d bytes; "
                     "pylog.meta.MAX_MAP_SIZE is the limit" % (self.path, MAX_MAP_SIZE)))
-            env.set_mapsize(size)
+            e.env.set_mapsize(size)
 
     def flush(self):
         """Force every commit so far to disk (for stores opened with sync=False)."""
-        self._env().sync(True)
+        self.env.sync(True)
 
     # ---- topics ----
     def get_topic(self, txn, topic):
@@ -361,6 +412,13 @@ class Meta:
     def put_txn(self, txn, transactional_id, state):
         txn.put(transactional_id.encode("utf-8"), json.dumps(state, sort_keys=True).encode(),
                 db=self.db["txns"])
+
+    def put_pid_owner(self, txn, producer_id, transactional_id):
+        txn.put(_Q.pack(producer_id), transactional_id.encode("utf-8"), db=self.db["pids"])
+
+    def get_pid_owner(self, txn, producer_id):
+        raw = txn.get(_Q.pack(producer_id), db=self.db["pids"])
+        return raw.decode("utf-8") if raw is not None else None
 
     def txn_ids(self, txn):
         with txn.cursor(db=self.db["txns"]) as cur:

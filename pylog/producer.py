@@ -106,9 +106,10 @@ class Producer:
             n = len(dq)
             if not n:
                 self._arm(tq)
-            elif n >= self._max_queue_msgs:
-                raise BufferError("Local: Queue full")
+            elif n >= tq.room or tq.bytes > self._max_queue_bytes:
+                self._check_room(tq)
             dq.append(value)
+            tq.bytes += len(value)
             if n >= self._batch_msgs and not tq.kicked:
                 tq.kicked = True
                 self._sender.wake.set()
@@ -153,11 +154,12 @@ class Producer:
         if size + _RECORD_OVERHEAD > self._max_msg:
             raise self._too_large(size + _RECORD_OVERHEAD)
         dq = tq.dq
-        if len(dq) + self._sender.inflight >= self._max_queue_msgs or \
-                tq.bytes + size > self._max_queue_bytes:
+        if len(self) >= self._max_queue_msgs or tq.bytes + size > self._max_queue_bytes:
             raise BufferError("Local: Queue full")
         if not dq:
             self._arm(tq)
+        else:
+            tq.room = min(tq.room, len(dq) + 1) if len(self._queues) > 1 else tq.room
         dq.append((value, key, partition, cb, timestamp, headers, hbytes, hcount))
         tq.bytes += size
         if (len(dq) >= self._batch_msgs or tq.bytes >= self._batch_bytes) and not tq.kicked:
@@ -170,18 +172,38 @@ class Producer:
             "Message size %d exceeds message.max.bytes %d" % (size, self._max_msg)))
 
     def _arm(self, tq):
-        """A queue became non-empty: start its linger clock."""
+        """A queue became non-empty: start its linger clock, and work out how
+        many records it may take before queue.buffering.max.messages, counting
+        the other topics' queues, records being written and delivery reports
+        not yet served (librdkafka counts a message until its report is served).
+        The short path of produce() checks against that figure; it is
+        refreshed once per batch, here and by the sender."""
+        self._check_room(tq)
         tq.first_ts = time.time_ns() // 1000000
         tq.deadline = time.monotonic() + self._linger
         if self._sender.thread is None:
             self._sender.start()
         self._sender.wake.set()
 
+    def _check_room(self, tq):
+        """Recount (the short path's figure may be stale) and raise BufferError if full.
+
+        With one topic the figure can only be too small (records leave, none
+        arrive elsewhere), so it is kept until reached.  With several, other
+        queues grow behind its back: it then allows one record at a time."""
+        n = len(tq.dq)
+        room = self._max_queue_msgs - (len(self) - n)
+        tq.room = room if len(self._queues) == 1 else min(room, n + 1)
+        if n >= room or tq.bytes > self._max_queue_bytes:
+            raise BufferError("Local: Queue full")
+
     def _queue_for(self, topic):
         desc = self._store.ensure_topic(topic)
         tq = self._queues.get(topic)
         if tq is None:
             tq = self._queues[topic] = TopicQueue(topic, desc["partitions"])
+            for other in self._queues.values():   # several queues: see _check_room
+                other.room = 0
         return tq
 
     def _set_fatal(self, err):
@@ -337,6 +359,7 @@ class Producer:
         left = self.flush(timeout)
         if self._txn is not None and self._txn.state == READY:
             try:
+                self._txn.sync_markers()
                 self._store.coordinator.finish(self._transactional_id, self._producer_id,
                                                self._producer_epoch)
             except KafkaException:

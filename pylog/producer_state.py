@@ -80,6 +80,9 @@ class PartitionState:
         self.snapshot_end = 0
         self._dirty = set()
         self._bytes_since_snapshot = 0
+        # verify_txn(pid, epoch) -> KafkaError or None: the coordinator's check
+        # of a transaction's first write to this partition (KIP-890 part 1).
+        self.verify_txn = None
 
     # ---- snapshot ----
     def load(self, meta, txn, pk, log_end):
@@ -220,6 +223,7 @@ class _AppendHook:
         self.state = state
         self.staged = {}            # producer_id -> pl_pstate* with this append applied
         self.markers = {}           # predicted offset -> control type of a marker
+        self.opened = set()         # producers whose transaction this append opens
 
     def before(self, log, infos, batches):
         st = self.state
@@ -242,6 +246,12 @@ class _AppendHook:
             e = self.staged.get(pid) or st.entries.get(pid)
             if e is None:
                 e = _new_entry()
+            if bi.is_transactional and st.verify_txn is not None and pid not in st.open_txns \
+                    and pid not in self.opened:
+                err = st.verify_txn(pid, bi.producer_epoch)
+                if err is not None:
+                    verdicts.append(AppendResult(-1, -1, False, err))
+                    continue
             rc = lib.pl_dedup_check(e, bi.producer_epoch, bi.base_sequence, bi.last_sequence,
                                     1 if bi.is_transactional else 0, dup)
             if rc == lib.PL_EDUPLICATE:
@@ -251,6 +261,8 @@ class _AppendHook:
             if rc:
                 verdicts.append(self._refusal(rc, bi, e, nxt))
                 continue
+            if bi.is_transactional:
+                self.opened.add(pid)
             staged = self.staged[pid] = _copy(e)
             lib.pl_dedup_update(staged, bi.producer_epoch, bi.base_sequence, bi.last_sequence,
                                 nxt, nxt + bi.last_offset_delta, bi.max_timestamp,

@@ -22,6 +22,7 @@ class ProducerTxn:
         self.state = INIT
         self.added = set()
         self.error = None
+        self.marked = []            # partitions whose markers of our last commit/abort are unsynced
 
     def not_in_txn(self, what):
         return KafkaException(KafkaError(KafkaError._STATE, "%s() is not allowed in state %s: "
@@ -49,9 +50,20 @@ class ProducerTxn:
                 "The transaction must be aborted: %s" % (self.error.str() if self.error else ""),
                 txn_requires_abort=True))
 
+    def sync_markers(self):
+        """Make our last transaction's markers durable.  The coordinator
+        records Complete* on our next call; after that nothing would write a
+        lost marker again, so it must be on disk first."""
+        for topic, partition in self.marked:
+            self.p._store.partition(topic, partition).log.sync(force=True)
+        self.marked = []
+
     def call(self, fn):
-        """Run a coordinator call; fencing makes the producer fatal."""
+        """Run a coordinator call (after syncing our previous markers);
+        fencing makes the producer fatal."""
         p = self.p
+        if self.marked:
+            self.sync_markers()
         try:
             return fn(self.coord, p._producer_id, p._producer_epoch)
         except KafkaException as e:
@@ -78,8 +90,11 @@ class ProducerTxn:
 
     def end(self, commit):
         p = self.p
-        epoch = self.call(lambda c, pid, ep: c.end_txn(p._transactional_id, pid, ep, commit))
-        p._producer_epoch = epoch           # KIP-890: every end bumps the epoch
+        pid, epoch = self.call(lambda c, pid, ep: c.end_txn(p._transactional_id, pid, ep, commit))
+        self.marked = list(self.added)
+        # KIP-890: every end bumps the epoch (and at the int16 limit the
+        # coordinator hands out a new producer id).
+        p._producer_id, p._producer_epoch = pid, epoch
         p._sender.reset_sequences()
         self.added.clear()
         self.error = None

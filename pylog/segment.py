@@ -108,8 +108,13 @@ class Segment:
 
     def _open_index_files(self):
         flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
-        self._idx_fd = os.open(self.index_path, flags, 0o644)
-        self._tidx_fd = os.open(self.timeindex_path, flags, 0o644)
+        idx_fd = os.open(self.index_path, flags, 0o644)
+        try:
+            tidx_fd = os.open(self.timeindex_path, flags, 0o644)
+        except OSError:
+            os.close(idx_fd)        # both or neither: _write_index tests _idx_fd only
+            raise
+        self._idx_fd, self._tidx_fd = idx_fd, tidx_fd
 
     # ---- reading ----
     def read(self, position, length):
@@ -117,9 +122,15 @@ class Segment:
 
     def lookup(self, offset):
         """Byte position of the last indexed batch starting at or before offset."""
+        return self.lookup_entry(offset)[1]
+
+    def lookup_entry(self, offset):
+        """(base offset, byte position) of the last indexed batch starting at
+        or before offset, else the segment start.  baseOffset is outside the
+        CRC: a reader scanning from here checks the offsets against this one."""
         self._ensure_index()
         i = bisect.bisect_right(self._idx_off, offset)
-        return self._idx_pos[i - 1] if i else 0
+        return (self._idx_off[i - 1], self._idx_pos[i - 1]) if i else (self.base_offset, 0)
 
     def lookup_time(self, timestamp):
         """Offset from which to scan for the first record with ts >= timestamp.
@@ -172,16 +183,25 @@ class Segment:
             return infos, pos, rc
         return infos, pos, 0
 
-    def recover(self, max_batch_size, from_position=0, max_ts_before=-1):
+    def recover(self, max_batch_size, from_position=0, max_ts_before=-1, from_offset=None):
         """Validate from from_position (a batch start) to the end of the file,
         cut off the first invalid batch and all after it, and rebuild the index
         entries from from_position on.  max_ts_before is the largest timestamp
-        of the batches before from_position (the recovery point records it).
+        of the batches before from_position, from_offset the offset that
+        starts there (the recovery point records both).
         Returns the number of bytes removed."""
         failpoints.hit("recovery.segment")
         self._index_loaded = True
-        self._load_index()
+        index_ok = self._load_index()
         expect = self.base_offset if from_position == 0 else self._offset_at(from_position)
+        if from_offset is not None and expect != from_offset:
+            # baseOffset is outside the CRC: a damaged one at the recovery
+            # point would let the scan accept it and renumber the log from there.
+            expect = None
+        if from_position and not (index_ok and self._index_consistent()):
+            # The entries below from_position are kept, not re-derived: a
+            # damaged index file would go on sending lookups to wrong bytes.
+            expect = None
         if expect is None:                  # the recovery point is past a shorter file
             from_position, expect, max_ts_before = 0, self.base_offset, -1
         infos, valid_end, rc = self.scan_from(from_position, expect, max_batch_size)
@@ -206,10 +226,12 @@ class Segment:
         """Keep the index entries below position (whose batch starts at offset),
         derive the rest from infos (absolute positions) and rewrite the files."""
         failpoints.hit("index.rebuild")
-        keep = bisect.bisect_left(self._idx_pos, position)
+        # From position 0 nothing loaded is kept (bisect needs sorted entries,
+        # which a damaged file need not be).
+        keep = bisect.bisect_left(self._idx_pos, position) if position else 0
         del self._idx_off[keep:]
         del self._idx_pos[keep:]
-        tkeep = bisect.bisect_left(self._tidx_off, offset)
+        tkeep = bisect.bisect_left(self._tidx_off, offset) if position else 0
         del self._tidx_ts[tkeep:]
         del self._tidx_off[tkeep:]
         self.max_timestamp = max(max_ts_before, self._tidx_ts[-1] if self._tidx_ts else -1)
@@ -227,9 +249,22 @@ class Segment:
             if fd is not None:
                 os.close(fd)
         self._idx_fd = self._tidx_fd = None
-        fsutil.write_atomic(self.index_path, idx, durable=False)
-        fsutil.write_atomic(self.timeindex_path, tidx, durable=False)
-        self._open_index_files()
+        try:
+            fsutil.write_atomic(self.index_path, idx, durable=False)
+            fsutil.write_atomic(self.timeindex_path, tidx, durable=False)
+            self._open_index_files()
+        except OSError as e:
+            # The entries in memory are right and the files are hints (as in
+            # _write_index): a full disk, or another process's open removing
+            # our .tmp, must not fail a read.  Remove the files so the next
+            # open rebuilds them instead of trusting a stale pair;
+            # _write_index reopens them when it next has entries.
+            log.warning("cannot save index of %s: %s", self.log_path, e)
+            for path in (self.index_path, self.timeindex_path):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
 
     def _ensure_index(self):
         """Load the index files on first use; rebuild them if they contradict the log."""
@@ -284,14 +319,18 @@ class Segment:
         for i in range(1, len(offs)):
             if offs[i] <= offs[i - 1] or poss[i] <= poss[i - 1]:
                 return False
-        if any(o < self.base_offset for o in offs[:1]):
+        if any(o < self.base_offset for o in offs[:1]) or any(p < 0 for p in poss[:1]):
             return False
         if poss and poss[-1] + _bridge.HEADER_SIZE > self.size:
             return False
         if poss and self._offset_at(poss[-1]) != offs[-1]:
             return False
-        ts = self._tidx_ts
-        return all(ts[i] > ts[i - 1] for i in range(1, len(ts)))
+        ts, tos = self._tidx_ts, self._tidx_off
+        if not all(ts[i] > ts[i - 1] and tos[i] > tos[i - 1] for i in range(1, len(ts))):
+            return False
+        # Every time index entry is written with an offset index entry for
+        # the same batch, so its offset must be one the offset index knows.
+        return set(tos) <= set(offs)
 
     def _last_offset_from_index(self):
         pos = self._idx_pos[-1] if self._idx_pos else 0

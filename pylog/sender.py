@@ -37,7 +37,8 @@ _FATAL_IDEMPOTENCE = (KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, KafkaError.INVALI
 class TopicQueue:
     """Records produced to one topic and not yet taken for writing."""
 
-    __slots__ = ("topic", "nparts", "dq", "first_ts", "deadline", "bytes", "sticky", "kicked")
+    __slots__ = ("topic", "nparts", "dq", "first_ts", "deadline", "bytes", "sticky", "kicked",
+                 "room")
 
     def __init__(self, topic, nparts):
         self.topic = topic
@@ -48,6 +49,7 @@ class TopicQueue:
         self.bytes = 0
         self.sticky = random.randrange(nparts)
         self.kicked = False         # the sender was woken because the queue is full
+        self.room = 0               # records this queue may take (see Producer._arm)
 
 
 class _Batch:
@@ -124,11 +126,11 @@ class Sender:
         n = len(dq)
         if not n:
             return []
+        self.inflight += n                    # before popping: flush() must never see 0 + 0
         pop = dq.popleft
         items = [pop() for _ in range(n)]
         tq.bytes = 0
         tq.kicked = False
-        self.inflight += n
         ts0 = tq.first_ts or time.time_ns() // 1000000
         p = self.p
         cb0 = p._default_cb

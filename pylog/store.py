@@ -42,6 +42,8 @@ class Partition:
         self.log = PartitionLog(os.path.join(store.path, format.partition_dir_name(topic, partition)),
                                 log_config, topic, partition)
         self.state = PartitionState(topic, partition, expiration_ms)
+        self.state.verify_txn = lambda pid, epoch: store.coordinator.verify_write(
+            pid, epoch, topic, partition)
         with self.log.locked():
             store.meta.view(lambda txn: self.state.load(store.meta, txn, self.pk, self.log.next_offset))
             self.state.catch_up(self.log)
@@ -54,6 +56,8 @@ class Partition:
         Returns one AppendResult per batch."""
         results = self.log.append(batches, self.state.hook(), sync)
         self.store.notifier.bump()
+        if (sync or self.log.config.fsync) == "interval":
+            self.store.start_flusher()
         if self.state.wants_snapshot():
             self.snapshot()
         return results
@@ -135,6 +139,7 @@ class Store:
         self._coordinator = None
         self._closed = False
         self._timer = None
+        self._flusher = None
 
     @property
     def coordinator(self):
@@ -153,6 +158,29 @@ class Store:
                                                    name="pylog-txn-timeout")
                     self._timer.start()
         return self._coordinator
+
+    def start_flusher(self):
+        """pylog.fsync=interval: fsync partitions with bytes older than the
+        interval even when no further append comes to do it."""
+        if self._flusher is None:
+            with self._lock:
+                if self._flusher is None:
+                    self._flusher = threading.Thread(target=self._flusher_loop, daemon=True,
+                                                     name="pylog-fsync-interval")
+                    self._flusher.start()
+
+    def _flusher_loop(self):
+        import logging
+        while not self._closed:
+            time.sleep(max(self.fsync_interval_ms / 4000.0, 0.001))
+            for p in list(self._partitions.values()):
+                log = p.log
+                try:
+                    if log.sync_due():
+                        end = log.segments()[-1]
+                        log.sync_to(end, end.size)
+                except Exception as e:          # StorageError: the partition refuses writes now
+                    logging.getLogger("pylog.log").error("interval fsync of %s failed: %s", log.path, e)
 
     def _timer_loop(self):
         """Abort transactions past transaction.timeout.ms: no broker process

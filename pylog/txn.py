@@ -13,8 +13,8 @@ commit's offsets are materialised in the same LMDB transaction, since the
 outcome is decided there.  Markers then go to every partition, and
 commit_transaction() returns without waiting for them to reach the disk or
 for Complete*: both are re-derivable from Prepare*.  The owner's next call
-(add partitions or offsets, end, close) turns its own Prepare* into
-Complete*, knowing its markers are written; a Prepare* whose owner crashed is
+(add partitions or offsets, end, close) first fsyncs those markers, then
+turns its own Prepare* into Complete*; a Prepare* whose owner crashed is
 rolled forward by whoever opens the store, and markers already present are
 detected from the partition's producer state, so none is written twice.
 So a durable commit costs the data's fsync and Prepare*'s (plus the
@@ -46,7 +46,12 @@ log = logging.getLogger("pylog.txn")
 EMPTY, ONGOING = "Empty", "Ongoing"
 PREPARE_COMMIT, PREPARE_ABORT = "PrepareCommit", "PrepareAbort"
 COMPLETE_COMMIT, COMPLETE_ABORT = "CompleteCommit", "CompleteAbort"
-MAX_EPOCH = 32766                 # epochs are int16; Kafka rotates the producer id before overflow
+# Epochs are int16.  A session (one producer id and epoch) stays at or below
+# MAX_SESSION_EPOCH so that the bump ending its transaction still fits; when
+# that bump reaches MAX_EPOCH, the transaction's markers carry it and the next
+# session gets a new producer id at epoch 0 (Kafka's TV2 rotation).
+MAX_EPOCH = 32767
+MAX_SESSION_EPOCH = MAX_EPOCH - 1
 MAX_TIMEOUT_MS = 900000           # transaction.max.timeout.ms, Kafka's default
 COORDINATOR_EPOCH = 0
 
@@ -120,8 +125,9 @@ class Coordinator:
 
             def bump(txn):
                 st = self._get(txn, tid)
-                if st is None or st["producer_epoch"] >= MAX_EPOCH:
+                if st is None or st["producer_epoch"] >= MAX_SESSION_EPOCH:
                     pid, epoch = self.meta.next_producer_id(txn), 0
+                    self.meta.put_pid_owner(txn, pid, tid)
                 else:
                     pid, epoch = st["producer_id"], st["producer_epoch"] + 1
                 st = {"producer_id": pid, "producer_epoch": epoch, "state": EMPTY,
@@ -134,13 +140,25 @@ class Coordinator:
     # ---- AddPartitionsToTxn / AddOffsetsToTxn ----
     def _owned(self, tid, st, pid, epoch):
         """st with the owner's own finished transaction (Prepare* at the
-        owner's current epoch: its markers are written) marked Complete*."""
-        if st is None or st["producer_id"] != pid or st["producer_epoch"] != epoch:
+        owner's current epoch, or the rotated-to producer id at epoch 0: its
+        markers are written) marked Complete*."""
+        rotated = st is not None and st.get("next_producer_id") == pid and epoch == 0
+        if st is None or not rotated and (st["producer_id"] != pid or st["producer_epoch"] != epoch):
             raise fenced(tid, pid, epoch, st or {"producer_id": -1, "producer_epoch": -1})
         if st["state"] in (PREPARE_COMMIT, PREPARE_ABORT):
             st["state"] = COMPLETE_COMMIT if st["state"] == PREPARE_COMMIT else COMPLETE_ABORT
             st["partitions"], st["offsets"], st["start_ms"] = [], {}, -1
+        if rotated:
+            st["producer_id"], st["producer_epoch"] = pid, 0
+            del st["next_producer_id"]
         return st
+
+    @staticmethod
+    def _session(st):
+        """(producer_id, epoch) the owner uses after st's Prepare*."""
+        if "next_producer_id" in st:
+            return st["next_producer_id"], 0
+        return st["producer_id"], st["producer_epoch"]
 
     def _begin_if_needed(self, st):
         if st["state"] != ONGOING:
@@ -177,28 +195,30 @@ class Coordinator:
         """Record Complete* for the owner's last transaction (on close)."""
         def done(txn):
             st = self._get(txn, tid)
-            if st is not None and st["producer_id"] == pid and st["producer_epoch"] == epoch \
-                    and st["state"] in (PREPARE_COMMIT, PREPARE_ABORT):
+            if st is not None and st["state"] in (PREPARE_COMMIT, PREPARE_ABORT) and \
+                    self._session(st) == (pid, epoch):
                 self.meta.put_txn(txn, tid, self._owned(tid, st, pid, epoch))
         with self._tid_lock(tid):
             self.meta.update(done)
 
     # ---- EndTxn ----
     def end_txn(self, tid, pid, epoch, commit):
-        """Commit or abort; returns the producer's epoch for its next transaction."""
+        """Commit or abort; returns (producer_id, epoch) for the producer's
+        next transaction."""
         with self._tid_lock(tid):
             st = self.meta.view(lambda txn: self._get(txn, tid))
             want = PREPARE_COMMIT if commit else PREPARE_ABORT
-            done = COMPLETE_COMMIT if commit else COMPLETE_ABORT
             if st is not None and st["producer_id"] == pid and st["producer_epoch"] == epoch + 1 \
-                    and st["state"] in (want, done):
+                    and st["state"] == want:
                 # A retried EndTxn after the epoch bump: finish it, report success.
-                if st["state"] == want:
-                    self._write_markers(st)
-                return epoch + 1
+                self._write_markers(st)
+                return self._session(st)
+            if st is not None and st["producer_id"] == pid and st["producer_epoch"] == epoch + 1 \
+                    and st["state"] == (COMPLETE_COMMIT if commit else COMPLETE_ABORT):
+                return pid, epoch + 1
             st = self._prepare(tid, pid, epoch, commit)
             self._write_markers(st)
-            return st["producer_epoch"]
+            return self._session(st)
 
     def _prepare(self, tid, pid, epoch, commit, fence=False):
         """Write Prepare* durably (the commit point), bumping the epoch; a
@@ -213,8 +233,9 @@ class Coordinator:
                 st = self._owned(tid, st, pid, epoch)
             if st["state"] != ONGOING:
                 st["partitions"], st["offsets"] = [], {}
-            if st["producer_epoch"] >= MAX_EPOCH:
-                raise KafkaException(KafkaError(KafkaError._FATAL, "producer epoch exhausted", fatal=True))
+            if st["producer_epoch"] + 1 >= MAX_EPOCH:
+                st["next_producer_id"] = self.meta.next_producer_id(txn)
+                self.meta.put_pid_owner(txn, st["next_producer_id"], tid)
             if commit:
                 for group, offs in st["offsets"].items():
                     for t, p, o, m in offs:
@@ -251,6 +272,8 @@ class Coordinator:
         """Roll a Prepare* forward: markers, then Complete* (caller holds the tid lock)."""
         from . import failpoints
         self._write_markers(st)
+        for topic, partition in st["partitions"]:      # durable before Complete* forgets them
+            self.store.partition(topic, partition).log.sync(force=True)
         pid, epoch = st["producer_id"], st["producer_epoch"]
 
         def complete(txn):
@@ -270,6 +293,29 @@ class Coordinator:
         with part.log._mutex:
             e = part.state.entries.get(pid)
             return (e is not None and e.producer_epoch >= epoch and pid not in part.state.open_txns)
+
+    # ---- KIP-890 part 1: partitions check transactional writes ----
+    def verify_write(self, producer_id, epoch, topic, partition):
+        """None if producer_id may start writing its transaction to the
+        partition, else the KafkaError refusing it: the write must come from
+        the transactional.id's current session, in an Ongoing transaction
+        that added this partition.  A producer id no coordinator handed out
+        (a batch built by hand) is not checked."""
+        def look(txn):
+            tid = self.meta.get_pid_owner(txn, producer_id)
+            return tid, (self._get(txn, tid) if tid is not None else None)
+        tid, st = self.meta.view(look)
+        if tid is None:
+            return None
+        if st is None or st["producer_id"] != producer_id or st["producer_epoch"] != epoch:
+            return KafkaError(KafkaError.INVALID_PRODUCER_EPOCH,
+                              "Producer %d epoch %d is not the current session of transactional.id "
+                              "%r (fenced)" % (producer_id, epoch, tid))
+        if st["state"] != ONGOING or [topic, partition] not in st["partitions"]:
+            return KafkaError(KafkaError.INVALID_TXN_STATE,
+                              "Producer %d has no ongoing transaction that added %s-%d"
+                              % (producer_id, topic, partition))
+        return None
 
     # ---- recovery and timeouts ----
     def recover(self):
