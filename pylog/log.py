@@ -235,12 +235,15 @@ class PartitionLog:
             return None
         return offset, base, pos, ts
 
-    def _write_recovery_point(self, seg, position, max_ts):
-        """Record that everything before (seg, position) is durable and valid.
-        Callers fsync the segment first."""
-        offset = seg.next_offset if position == seg.size else seg.base_offset
-        if position not in (0, seg.size):
-            return
+    def _write_recovery_point(self, seg, position, max_ts, offset=None):
+        """Record that everything before (seg, position) is durable and valid:
+        position starts offset (default: the segment's start or end) and
+        max_ts is the largest timestamp before it.  Callers hold the lock
+        and have fsynced the segment up to position."""
+        if offset is None:
+            if position not in (0, seg.size):
+                return
+            offset = seg.next_offset if position == seg.size else seg.base_offset
         body = struct.pack(">qqqq", offset, seg.base_offset, position, max_ts)
         fsutil.write_atomic(os.path.join(self.path, format.RECOVERY_POINT_FILE),
                             body + struct.pack(">I", _bridge.crc32c(body)))
@@ -364,12 +367,17 @@ class PartitionLog:
             self._write(pending, pending_infos)
             if hook:
                 hook.after(self, all_written)
-            seg, end = self._segments[-1], self._segments[-1].size
+            seg = self._segments[-1]
+            point = (seg, seg.size, seg.max_timestamp, seg.next_offset)
         policy = sync or self.config.fsync
-        if all_written and policy == "always":
-            self.sync_to(seg, end)
-        elif all_written and policy == "interval" and self.sync_due():
-            self.sync_to(seg, end)
+        if all_written and (policy == "always" or policy == "interval" and self.sync_due()):
+            self.sync_to(seg, point[1])
+            if self._since_checkpoint >= self.config.checkpoint_bytes:
+                # Advance the recovery point to what that fsync covered, so a
+                # crash costs a rescan of at most checkpoint.bytes.
+                with self.locked():
+                    if seg is self._segments[-1]:
+                        self._write_recovery_point(*point)
         return results
 
     def sync_due(self):

@@ -147,13 +147,17 @@ _envs_lock = threading.Lock()
 
 
 def _acquire_env(path, sync):
-    key = os.path.realpath(path)
     with _envs_lock:
-        e = _envs.get(key)
-        if e is None or e.pid != os.getpid():
-            e = _envs[key] = _Env(path, sync)
-        e.refs += 1
-        return e
+        return _acquire_env_locked(path, sync)
+
+
+def _acquire_env_locked(path, sync):
+    key = os.path.realpath(path)
+    e = _envs.get(key)
+    if e is None or e.pid != os.getpid():
+        e = _envs[key] = _Env(path, sync)
+    e.refs += 1
+    return e
 
 
 def _release_env(path, e):
@@ -225,10 +229,8 @@ class Meta:
         if e.pid != os.getpid():            # we are a forked child: LMDB forbids reuse
             with _envs_lock:
                 if self._e.pid != os.getpid() and not self._closed:
-                    self._e = None
-            if self._e is None:
-                self._e = _acquire_env(self.path, self.sync)
-            e = self._e
+                    self._e = _acquire_env_locked(self.path, self.sync)
+                e = self._e
         if self._closed:
             raise KafkaException(KafkaError(KafkaError._STATE, "LMDB at %s is closed" % self.path))
         return e

@@ -193,7 +193,11 @@ class Segment:
         failpoints.hit("recovery.segment")
         self._index_loaded = True
         index_ok = self._load_index()
-        expect = self.base_offset if from_position == 0 else self._offset_at(from_position)
+        if from_position and from_offset is not None and \
+                from_position == os.fstat(self.fd).st_size:
+            expect = from_offset            # a clean tail: nothing past the recovery point
+        else:
+            expect = self.base_offset if from_position == 0 else self._offset_at(from_position)
         if from_offset is not None and expect != from_offset:
             # baseOffset is outside the CRC: a damaged one at the recovery
             # point would let the scan accept it and renumber the log from there.
@@ -229,15 +233,22 @@ class Segment:
         # From position 0 nothing loaded is kept (bisect needs sorted entries,
         # which a damaged file need not be).
         keep = bisect.bisect_left(self._idx_pos, position) if position else 0
+        tkeep = bisect.bisect_left(self._tidx_off, offset) if position else 0
+        unchanged = (not infos and keep == len(self._idx_pos) and tkeep == len(self._tidx_off))
         del self._idx_off[keep:]
         del self._idx_pos[keep:]
-        tkeep = bisect.bisect_left(self._tidx_off, offset) if position else 0
         del self._tidx_ts[tkeep:]
         del self._tidx_off[tkeep:]
         self.max_timestamp = max(max_ts_before, self._tidx_ts[-1] if self._tidx_ts else -1)
         # Force an entry at position unless it is the segment start (implicit).
         self._since_index = self.index_interval if position else 0
         self._index_batches(infos, 0, write=False)
+        if unchanged and position:
+            # A clean tail: the files already say this; rewriting them would
+            # make every open cost time in proportion to the segment.
+            if self._idx_fd is None:
+                self._open_index_files()
+            return
         self._save_index()
 
     def _save_index(self):

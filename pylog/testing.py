@@ -113,6 +113,8 @@ def _failpoint_items(spec):
 
 
 def _child_main(conn, fn, args, kwargs, fps, env):
+    import faulthandler
+    faulthandler.register(signal.SIGUSR1, all_threads=True)    # see Child.wait
     os.environ.update(env)
     _failpoints.clear()
     _failpoints._load_env()
@@ -168,6 +170,15 @@ class Child:
             except ProcessLookupError:
                 pass
 
+    def _dump_stacks(self):
+        """Ask a child about to be killed for a timeout to print every
+        thread's stack to its stderr (faulthandler), so a hang can be read."""
+        try:
+            os.kill(self.pid, signal.SIGUSR1)
+            self._proc.join(0.5)
+        except (ProcessLookupError, ValueError):
+            pass
+
     def _drain(self):
         try:
             while self._reply is None and self._conn.poll():
@@ -184,6 +195,7 @@ class Child:
         while self._proc.is_alive():
             left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
             if left <= 0:
+                self._dump_stacks()
                 self.kill("timeout")
                 break
             self._drain()                # keep the pipe from filling up
@@ -221,7 +233,8 @@ def run_in_child(fn, *args, failpoints=None, kill_after=None, timeout=60.0, env=
     failpoints  {name: action} armed in the child (see the module docstring)
     kill_after  seconds after which the child is SIGKILLed (None: never)
     timeout     seconds after which a still-running child is SIGKILLed and the
-                result says killed_by == "timeout" (None: wait forever)
+                result says killed_by == "timeout" (None: wait forever); its
+                threads' stacks are printed to its stderr first
     env         extra environment variables for the child
     Returns a ChildResult; fn's exceptions come back in .error, not raised."""
     child = Child(fn, args, kwargs, failpoints, env)

@@ -216,7 +216,8 @@ def test_closed_segment_learns_its_next_offset_from_the_index(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["missing", "odd_length", "random", "past_end",
-                                    "wrong_offset_last", "descending"])
+                                    "wrong_offset_last", "descending", "negative_position",
+                                    "time_offsets_not_indexed", "time_offsets_all_last"])
 def test_damaged_index_of_a_closed_segment_is_rebuilt_on_first_use(tmp_path, damage):
     interval = 100
     seg = Segment(str(tmp_path), 0, index_interval=interval, create=True)
@@ -226,6 +227,8 @@ def test_damaged_index_of_a_closed_segment_is_rebuilt_on_first_use(tmp_path, dam
     raw = open(path, "rb").read()
     entries = list(struct.iter_unpack(">ii", raw))
     assert len(entries) > 3
+    tentries = list(struct.iter_unpack(">qi", open(seg.timeindex_path, "rb").read()))
+    assert len(tentries) > 3
     if damage == "missing":
         os.unlink(path)
         os.unlink(seg.timeindex_path)
@@ -240,15 +243,30 @@ def test_damaged_index_of_a_closed_segment_is_rebuilt_on_first_use(tmp_path, dam
         raw = raw[:-8] + struct.pack(">ii", rel + 1, pos)
     elif damage == "descending":
         raw = b"".join(struct.pack(">ii", *e) for e in reversed(entries))
+    elif damage == "negative_position":
+        raw = struct.pack(">ii", entries[0][0], -5) + raw[8:]
+    elif damage.startswith("time_offsets"):
+        # Timestamps still ascending, offsets no longer those of indexed batches.
+        rels = [e[0] for e in entries]
+        bad = ([r + 1 for r in rels] if damage == "time_offsets_not_indexed"
+               else [rels[-1]] * len(tentries))
+        open(seg.timeindex_path, "wb").write(b"".join(
+            struct.pack(">qi", t, r) for (t, _), r in zip(tentries, bad)))
     if damage != "missing":
         open(path, "wb").write(raw)
     again = Segment(str(tmp_path), 0, index_interval=interval)
     check_lookups(again, batches, interval)
     assert again.next_offset == batches[-1][1] + 1
+    whole = again.read(0, again.size)
+    records = [r for bi in again.scan_from(0, 0, MAX_BATCH)[0] for r in codec.decode_batch(whole, bi)]
+    for t in range(1000, 1070, 3):
+        start = again.lookup_time(t)
+        assert all(r.timestamp < t for r in records if r.offset < start), t
     again.close()
     # The rebuilt files are whole again.
     fresh = list(struct.iter_unpack(">ii", open(path, "rb").read()))
     assert fresh == entries
+    assert list(struct.iter_unpack(">qi", open(seg.timeindex_path, "rb").read())) == tentries
 
 
 # ---- recovery ----
@@ -365,3 +383,25 @@ def test_truncate_to_the_base_offset_empties_the_segment(tmp_path):
     # The segment.ms clock starts again with the new first batch.
     assert seg.first_timestamp() == 777
     seg.close()
+
+
+@pytest.mark.parametrize("step", ["write", "rename"])
+def test_failure_to_save_a_rebuilt_index_does_not_fail_the_lookup(tmp_path, step):
+    # Index files are hints: a full disk (or a concurrent open removing the
+    # .tmp) while rebuilding one must not turn a read into an OSError.
+    seg = Segment(str(tmp_path), 0, index_interval=100, create=True)
+    batches = fill(seg, 40)
+    seg.close()
+    os.unlink(seg.index_path)
+    again = Segment(str(tmp_path), 0, index_interval=100)
+    failpoints.set(step, "eio!")
+    try:
+        check_lookups(again, batches, 100)
+        assert again.next_offset == batches[-1][1] + 1
+    finally:
+        failpoints.clear()
+    again.close()
+    # Whatever is on disk now, the next open gets lookups right.
+    third = Segment(str(tmp_path), 0, index_interval=100)
+    check_lookups(third, batches, 100)
+    third.close()

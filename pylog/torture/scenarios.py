@@ -67,7 +67,16 @@ def _keep(out, trial, opts):
         out.kept.append(trial.dir)
 
 
+def _trial(out, root, name):
+    t = Trial(root, name)
+    t.baseline = out.anomalies
+    return t
+
+
 def _cleanup(out, trial, opts):
+    """Remove the trial's directory, unless opts.keep and it found anomalies."""
+    if out.anomalies > getattr(trial, "baseline", out.anomalies):
+        _keep(out, trial, opts)
     trial.cleanup(keep=opts.keep and trial.dir in out.kept)
 
 
@@ -82,7 +91,7 @@ def kill_during_transactions(trials, seed, root, opts):
     rng = random.Random(seed)
     tps = workload.all_tps(TOPICS)
     for n in range(trials):
-        t = Trial(root, "s1-%04d" % n)
+        t = _trial(out, root, "s1-%04d" % n)
         try:
             if run_step(out, "create topics", workload.create_topics, t.store, TOPICS) is None:
                 continue
@@ -184,7 +193,7 @@ def every_failpoint(trials, seed, root, opts):
         if trials:
             pairs = pairs[:trials]
         for i, (name, k) in enumerate(pairs):
-            t = Trial(root, "s2-%04d" % i)
+            t = _trial(out, root, "s2-%04d" % i)
             try:
                 copy_store(base.store, t.store)
                 shutil.copy(base.log("p", "base"), t.log("p", "base"))
@@ -221,7 +230,7 @@ def power_loss(trials, seed, root, opts):
     rng = random.Random(seed)
     n = 0
     while out.trials < trials:
-        t = Trial(root, "s3-%04d" % n)
+        t = _trial(out, root, "s3-%04d" % n)
         n += 1
         try:
             if run_step(out, "create topics", workload.create_topics, t.store, TOPICS,
@@ -289,7 +298,7 @@ def io_errors(trials, seed, root, opts):
         if trials:
             cases = cases[:trials]
         for i, (target, action, k) in enumerate(cases):
-            t = Trial(root, "s4-%04d" % i)
+            t = _trial(out, root, "s4-%04d" % i)
             try:
                 copy_store(base.store, t.store)
                 shutil.copy(base.log("p", "base"), t.log("p", "base"))
@@ -327,7 +336,7 @@ def _judge_io(out, t, case):
         for ev in workload_events(path):
             if ev.get("op") == "api_error" and not ev.get("kafka"):
                 out.report.add("unclear-error", {"case": case, "type": ev.get("type"),
-                                                 "msg": ev.get("msg")})
+                                                 "msg": ev.get("msg"), "where": ev.get("where")})
     failed = set()
     for path in sorted(p for p in os.listdir(t.logs) if p.startswith("fsync-")):
         for ev in powerloss.read_records(os.path.join(t.logs, path)):
@@ -371,7 +380,7 @@ def kill_during_recovery(trials, seed, root, opts):
     out = Outcome("5 kill-9 in recovery", trials, seed)
     rng = random.Random(seed)
     for n in range(trials):
-        t = Trial(root, "s5-%04d" % n)
+        t = _trial(out, root, "s5-%04d" % n)
         ref = Trial(root, "s5-%04d-ref" % n)
         try:
             if not _damaged_store(out, t, rng, opts):
@@ -470,7 +479,7 @@ def soak(trials, seed, root, opts):
     rng = random.Random(seed)
     tps = workload.all_tps(SOAK_TOPICS)
     for n in range(trials):
-        t = Trial(root, "s6-%04d" % n)
+        t = _trial(out, root, "s6-%04d" % n)
         try:
             if run_step(out, "create topics", workload.create_topics, t.store, SOAK_TOPICS) is None:
                 continue

@@ -43,12 +43,16 @@ def conf_for(store, **extra):
 
 def error_record(e):
     """How an exception surfaced through the API, for the harness to judge."""
+    import traceback
+    where = ["%s:%d %s" % (os.path.basename(f.filename), f.lineno, f.name)
+             for f in traceback.extract_tb(e.__traceback__)
+             if os.sep + "pylog" + os.sep in f.filename and os.sep + "torture" + os.sep not in f.filename]
     if isinstance(e, KafkaException) and e.args and hasattr(e.args[0], "code"):
         err = e.args[0]
         return {"type": type(e).__name__, "kafka": True, "code": err.code(), "name": err.name(),
                 "fatal": err.fatal(), "abortable": err.txn_requires_abort(),
-                "retriable": err.retriable(), "msg": err.str()[:300]}
-    return {"type": type(e).__name__, "kafka": False, "msg": str(e)[:300]}
+                "retriable": err.retriable(), "msg": err.str()[:300], "where": where[-4:]}
+    return {"type": type(e).__name__, "kafka": False, "msg": str(e)[:300], "where": where[-6:]}
 
 
 # ---- setup ----
