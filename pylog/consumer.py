@@ -8,16 +8,12 @@ producer P reaches an entry's first offset, P joins the aborted set; P's
 ABORT marker removes it; transactional batches of producers in the set are
 skipped whole.  Control batches never reach the application.
 
-Groups.  subscribe() makes this consumer the group's single active member:
-it holds the group's lock file while subscribed.  A second live member of
-the same group waits with an empty assignment (and takes over when the
-first closes or dies) rather than reading the same partitions twice.
+Groups.  subscribe() makes this consumer a member of its group, shared
+with members in other processes through LMDB (see pylog.group for the
+rebalance protocol, liveness and fencing).
 """
 import collections
-import fcntl
-import hashlib
 import os
-import re
 import threading
 import time
 
@@ -26,6 +22,7 @@ from .codec import decode_control, records_region, CONTROL_ABORT
 from .errors import KafkaError, KafkaException
 from .message import (Message, TopicPartition, OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID,
                       OFFSET_STORED, TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME)
+from .group import Member
 from .store import Store
 
 _FIELDS = _bridge.REC_FIELDS
@@ -98,14 +95,13 @@ class Consumer:
         self._stored = {}                           # (topic, partition) -> offset to commit
         self._events = collections.deque()          # error/EOF Messages to hand out
         self._subscription = None                   # (topics, on_assign, on_revoke, on_lost)
-        self._group_fd = None
+        self._member = None                         # pylog.group.Member once subscribed
+        self._last_poll = time.monotonic()
         self._next_auto_commit = time.monotonic() + self._auto_commit_interval
         self._rr = 0
         self._hot = None                            # the _Fetch poll() serves from first
         self._assigned_in_callback = False
         self._closed = False
-        self._generation = 0
-        self._member_id = "pylog-%d-%d" % (os.getpid(), id(self))
 
     # ---- assignment ----
     def assign(self, partitions):
@@ -161,8 +157,10 @@ class Consumer:
                 raise TypeError("expected TopicPartition, got %s" % type(tp).__name__)
         return partitions
 
-    # ---- subscription (one active member per group until groups land) ----
+    # ---- subscription: group membership (pylog.group) ----
     def subscribe(self, topics, on_assign=None, on_revoke=None, on_lost=None):
+        """Join the group for topics (names, or "^regex"); partitions arrive
+        through poll(), with on_assign/on_revoke/on_lost as in confluent-kafka."""
         self._check_open()
         if not isinstance(topics, (list, tuple)) or not all(isinstance(t, str) for t in topics):
             raise TypeError("subscribe() expects a list of topic names")
@@ -170,61 +168,65 @@ class Consumer:
             if cb is not None and not callable(cb):
                 raise TypeError("rebalance callbacks must be callable")
         with self._lock:
-            if self._subscription is not None:
-                self._revoke()
+            if self._member is not None:
+                self._leave()
             self._subscription = (list(topics), on_assign, on_revoke, on_lost)
+            self._member = Member(self, topics, self._conf)
+            self._member.join()
+            self._hot = None
 
     def unsubscribe(self):
         self._check_open()
         with self._lock:
-            self._revoke()
+            self._leave()
             self._subscription = None
 
-    def _revoke(self):
-        if self._group_fd is None:
+    def _leave(self):
+        if self._member is None:
             return
-        topics, _, on_revoke, _ = self._subscription
-        parts = self.assignment()
-        if on_revoke:
-            on_revoke(self, parts)
-        if self._auto_commit:
-            self._commit_stored()
-        self._fetches.clear()
+        self._on_revoke(list(self._fetches))
+        self._member.leave()
+        self._member = None
         self._hot = None
-        fcntl.flock(self._group_fd, fcntl.LOCK_UN)
-        os.close(self._group_fd)
-        self._group_fd = None
 
-    def _maybe_join(self):
-        """Become the group's active member if no other live member is."""
-        if self._subscription is None or self._group_fd is not None:
-            return
-        lock_dir = os.path.join(self._store.path, "group-locks")
-        os.makedirs(lock_dir, exist_ok=True)
-        name = hashlib.sha1(self._group.encode("utf-8")).hexdigest() + ".lock"
-        fd = os.open(os.path.join(lock_dir, name), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return
-        self._group_fd = fd
-        self._generation += 1
-        topics, on_assign, _, _ = self._subscription
-        parts = []
-        known = self._store.topics()
-        for pattern in topics:
-            names = [t for t in known if re.match(pattern[1:], t)] if pattern.startswith("^") else \
-                ([pattern] if pattern in known else [])
-            for t in sorted(names):
-                parts.extend(TopicPartition(t, p) for p in range(known[t]["partitions"]))
-        if on_assign:
+    def _tplist(self, parts):
+        return [TopicPartition(t, p) for t, p in parts]
+
+    def _on_revoke(self, parts):
+        """Give up parts: the callback, then (enable.auto.commit) their offsets."""
+        cbs = self._subscription
+        if cbs and cbs[2] and parts:
+            cbs[2](self, self._tplist(parts))
+        if self._auto_commit:
+            self._commit_stored([tuple(p) for p in parts])
+        for tp in parts:
+            self._fetches.pop(tuple(tp), None)
+        self._hot = None
+
+    def _on_lost(self, parts):
+        """Partitions taken away without a chance to commit (we were expelled)."""
+        cbs = self._subscription
+        cb = cbs and (cbs[3] or cbs[2])
+        if cb:
+            cb(self, self._tplist(parts))
+        for tp in parts:
+            self._fetches.pop(tuple(tp), None)
+        self._hot = None
+
+    def _on_assign(self, parts, incremental):
+        cbs = self._subscription
+        tps = self._tplist(parts)
+        if cbs and cbs[1]:
             self._assigned_in_callback = False
-            on_assign(self, parts)
-            if not self._assigned_in_callback:
-                self.assign(parts)              # as confluent-kafka: the callback may only look
+            cbs[1](self, tps)
+            if self._assigned_in_callback:
+                return                          # the callback assigned (as it chose)
+        if incremental:
+            for tp in tps:
+                if (tp.topic, tp.partition) not in self._fetches:
+                    self._add(tp)
         else:
-            self.assign(parts)
+            self.assign(tps)
 
     # ---- offsets ----
     def _resolve(self, f):
@@ -310,7 +312,13 @@ class Consumer:
                 raise KafkaException(KafkaError(KafkaError._INVALID_ARG,
                                                 "invalid offset %d for %s [%d]" % (o, t, p)))
 
+        member = self._member
+
         def put(txn):
+            if member is not None and member.member_id is not None:
+                err = member.groups.check_member(txn, group, member.generation, member.member_id)
+                if err is not None:
+                    raise KafkaException(err)
             for t, p, o, m in todo:
                 meta.put_offset(txn, group, t, p, o, m)
         meta.update(put)
@@ -319,12 +327,14 @@ class Consumer:
             self._on_commit(None, out)
         return out
 
-    def _commit_stored(self):
+    def _commit_stored(self, only=None):
         with self._lock:
             if self._auto_store:
                 todo = [(t, p, f.position, None) for (t, p), f in self._fetches.items() if f.position >= 0]
             else:
                 todo = [(t, p, o, None) for (t, p), o in self._stored.items()]
+        if only is not None:
+            todo = [x for x in todo if (x[0], x[1]) in only]
         committed = self._meta.view(lambda txn: self._meta.group_offsets(txn, self._group))
         todo = [x for x in todo if committed.get((x[0], x[1]), {}).get("offset") != x[2]]
         if todo:
@@ -388,8 +398,10 @@ class Consumer:
                     f.paused = False
 
     def consumer_group_metadata(self):
-        return GroupMetadata(self._group, self._generation, self._member_id,
-                             self._conf.get("group.instance.id"))
+        m = self._member
+        if m is None:                       # assign() users: no membership to fence
+            return GroupMetadata(self._group, -1, "", self._conf.get("group.instance.id"))
+        return GroupMetadata(self._group, m.generation, m.member_id or "", m.instance_id)
 
     def list_topics(self, topic=None, timeout=-1):
         from .admin import cluster_metadata
@@ -399,8 +411,10 @@ class Consumer:
     def poll(self, timeout=None):
         """One Message (a record, or an event whose error() is set), or None."""
         f = self._hot
+        now = time.monotonic()
+        self._last_poll = now
         if f is not None and f.buffer and not f.paused and not (
-                self._auto_commit and time.monotonic() >= self._next_auto_commit):
+                self._auto_commit and now >= self._next_auto_commit):
             # Short path: the next decoded record of the partition served last.
             m = f.buffer.popleft()
             if m._error is None:
@@ -423,7 +437,9 @@ class Consumer:
         while True:
             seen = notifier.seq()
             with self._lock:
-                self._maybe_join()
+                self._last_poll = time.monotonic()
+                if self._member is not None:
+                    self._member.step()
                 self._maybe_auto_commit()
                 out = self._drain(n)
             if out:
@@ -567,8 +583,8 @@ class Consumer:
             return
         try:
             with self._lock:
-                if self._subscription is not None:
-                    self._revoke()
+                if self._member is not None:
+                    self._leave()
                 elif self._auto_commit and self._fetches:
                     self._commit_stored()
         finally:

@@ -331,7 +331,7 @@ class PartitionLog:
                     KafkaError.CORRUPT_MESSAGE if rc else KafkaError._INVALID_ARG,
                     "append needs exactly one valid batch per item (%s)" %
                     _bridge.SCAN_REASONS.get(rc, rc)))
-            if found[0].size > self.config.max_message_bytes + _bridge.HEADER_SIZE:
+            if found[0].size > self.config.max_message_bytes:      # Kafka limits the whole batch
                 raise KafkaException(KafkaError(
                     KafkaError.MSG_SIZE_TOO_LARGE,
                     "batch of %d bytes is over max.message.bytes=%d" % (

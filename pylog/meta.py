@@ -454,6 +454,16 @@ class Meta:
                     out[split_pkey(k[len(prefix):])] = json.loads(v)
         return out
 
+    def get_group(self, txn, group):
+        raw = txn.get(group.encode("utf-8"), db=self.db["groups"])
+        return json.loads(raw) if raw else None
+
+    def put_group(self, txn, group, state):
+        txn.put(group.encode("utf-8"), json.dumps(state, sort_keys=True).encode(), db=self.db["groups"])
+
+    def delete_group(self, txn, group):
+        txn.delete(group.encode("utf-8"), db=self.db["groups"])
+
     def groups(self, txn):
         names = set()
         with txn.cursor(db=self.db["offsets"]) as cur:

@@ -260,7 +260,15 @@ class Producer:
                                             "group_metadata must come from consumer_group_metadata()"))
         offsets = [(tp.topic, tp.partition, tp.offset, tp.metadata) for tp in positions if tp.offset >= 0]
         if offsets:
-            self._txn.call(lambda c, pid, ep: c.add_offsets(self._transactional_id, pid, ep, group, offsets))
+            generation = getattr(group_metadata, "generation_id", -1)
+            member_id = getattr(group_metadata, "member_id", "")
+            try:
+                self._txn.call(lambda c, pid, ep: c.add_offsets(
+                    self._transactional_id, pid, ep, group, offsets, generation, member_id))
+            except KafkaException as e:
+                if e.args[0].txn_requires_abort():
+                    self._txn.set_abortable(e.args[0])
+                raise
 
     def commit_transaction(self, timeout=None):
         """Flush, then commit atomically: the records, on every partition,
@@ -275,7 +283,12 @@ class Producer:
                                             "%d messages still queued at the timeout" % left, retriable=True))
         self._raise_fatal()
         self._txn.raise_abortable()
-        self._txn.end(commit=True)
+        try:
+            self._txn.end(commit=True)
+        except KafkaException as e:
+            if e.args[0].txn_requires_abort():      # e.g. our consumer was expelled
+                self._txn.set_abortable(e.args[0])
+            raise
 
     def abort_transaction(self, timeout=None):
         """Drop what is not yet written, then abort: nothing of the

@@ -163,6 +163,7 @@ class Coordinator:
     def _begin_if_needed(self, st):
         if st["state"] != ONGOING:
             st["state"], st["start_ms"], st["partitions"], st["offsets"] = ONGOING, _now_ms(), [], {}
+            st.pop("members", None)
 
     def add_partitions(self, tid, pid, epoch, partitions):
         """Record partitions before the transaction writes to them (durable),
@@ -177,11 +178,22 @@ class Coordinator:
         with self._tid_lock(tid):
             self.meta.update(add)
 
-    def add_offsets(self, tid, pid, epoch, group, offsets):
-        """Stage the group's offsets in the transaction: visible iff it commits."""
+    def add_offsets(self, tid, pid, epoch, group, offsets, generation=-1, member_id=""):
+        """Stage the group's offsets in the transaction: visible iff it commits.
+
+        generation/member_id come from the consumer's group metadata: a
+        member the group has since expelled, or an older generation, is
+        refused (KIP-447), here and again at the commit point."""
+        from .group import GroupStore
+        groups = GroupStore(self.store)
+
         def add(txn):
             st = self._owned(tid, self._get(txn, tid), pid, epoch)
+            err = groups.check_member(txn, group, generation, member_id)
+            if err is not None:
+                raise KafkaException(err)
             self._begin_if_needed(st)
+            st.setdefault("members", {})[group] = [generation, member_id]
             staged = {(t, p): [t, p, o, m] for t, p, o, m in st["offsets"].get(group, [])}
             for t, p, o, m in offsets:
                 staged[(t, p)] = [t, p, o, m]
@@ -237,9 +249,16 @@ class Coordinator:
                 st["next_producer_id"] = self.meta.next_producer_id(txn)
                 self.meta.put_pid_owner(txn, st["next_producer_id"], tid)
             if commit:
+                from .group import GroupStore
+                groups = GroupStore(self.store)
+                for group, (generation, member_id) in st.get("members", {}).items():
+                    err = groups.check_member(txn, group, generation, member_id)
+                    if err is not None:         # a zombie: its offsets must not land
+                        raise KafkaException(err)
                 for group, offs in st["offsets"].items():
                     for t, p, o, m in offs:
                         self.meta.put_offset(txn, group, t, p, o, m)
+            st.pop("members", None)
             st["offsets"] = {}
             st["producer_epoch"] += 1
             st["state"] = PREPARE_COMMIT if commit else PREPARE_ABORT

@@ -67,19 +67,21 @@ COMMITTED, ABORTED = "committed", "aborted"
 
 
 class Txn:
-    __slots__ = ("id", "proc", "values", "commit_start", "outcome", "end")
+    __slots__ = ("id", "proc", "attempts", "commit_start", "outcome", "end")
 
     def __init__(self, tid):
         self.id = tid
         self.proc = None
-        self.values = set()
+        self.attempts = []
         self.commit_start = None
         self.outcome = None
         self.end = None
 
 
-class Write:
-    """What producers said about one value."""
+class Attempt:
+    """One produce of a value: a value may be produced more than once (a
+    copier copies an input again after an aborted transaction), each time
+    in its own transaction."""
     __slots__ = ("value", "topic", "partition", "offset", "txn", "proc", "i", "acked")
 
     def __init__(self, value):
@@ -121,7 +123,8 @@ class History:
     """Producer and consumer events, loaded from logs or added as dicts."""
 
     def __init__(self):
-        self.writes = {}                # value -> Write
+        self.attempts = {}              # key -> Attempt (key: (proc, i), (txn, value) or value)
+        self.by_value = {}              # value -> [Attempt]
         self.txns = {}                  # txn id -> Txn
         self.runs = []
         self.bad_lines = 0
@@ -141,31 +144,37 @@ class History:
             t = self.txns[tid] = Txn(tid)
         return t
 
+    def _attempt(self, ev, name):
+        v, tid = ev["value"], ev.get("txn")
+        proc, i = ev.get("proc"), ev.get("i")
+        key = (proc, i) if proc is not None and i is not None else (tid, v) if tid is not None else v
+        a = self.attempts.get(key)
+        if a is None:
+            a = self.attempts[key] = Attempt(v)
+            self.by_value.setdefault(v, []).append(a)
+            a.proc = proc if proc is not None else name
+            self._order += 1
+            a.i = i if i is not None else self._order
+            a.txn = tid
+            if tid is not None:
+                t = self._txn(tid)
+                t.attempts.append(a)
+                t.proc = a.proc
+        return a
+
     def add_producer_events(self, events, name="producer"):
         for ev in events:
             op = ev.get("op", "send")
             tid = ev.get("txn")
-            if op in ("produce", "send"):
-                v = ev["value"]
-                w = self.writes.get(v)
-                if w is None:
-                    w = self.writes[v] = Write(v)
-                w.topic = ev.get("topic", w.topic)
-                w.partition = ev.get("partition", w.partition)
-                w.txn = tid if tid is not None else w.txn
-                w.proc = ev.get("proc", w.proc if w.proc is not None else name)
-                if w.i is None:
-                    self._order += 1
-                    w.i = ev.get("i", self._order)
+            if op in ("produce", "send") and "value" in ev:
+                a = self._attempt(ev, name)
+                a.topic = ev.get("topic", a.topic)
+                a.partition = ev.get("partition", a.partition)
                 if op == "send":
-                    w.acked = True
-                    w.offset = ev.get("offset")
-                if tid is not None:
-                    t = self._txn(tid)
-                    t.values.add(v)
-                    t.proc = w.proc
-                    if ev.get("outcome") in (COMMITTED, ABORTED):
-                        t.outcome = ev["outcome"]
+                    a.acked = True
+                    a.offset = ev.get("offset")
+                if tid is not None and ev.get("outcome") in (COMMITTED, ABORTED):
+                    self._txn(tid).outcome = ev["outcome"]
             elif op == "commit_start" and tid is not None:
                 self._txn(tid).commit_start = ev.get("t", 0.0)
             elif op == "end" and tid is not None and ev.get("outcome") in (COMMITTED, ABORTED):
@@ -284,19 +293,23 @@ def check(history=None, producer_logs=(), consumer_logs=(), copies=None):
     reader covered the output topic."""
     h = history if history is not None else History().load(producer_logs, consumer_logs)
     rep = Report()
-    writes, txns = h.writes, h.txns
+    txns = h.txns
+
+    def committed(a):
+        return a.txn is None or (a.txn in txns and txns[a.txn].outcome == COMMITTED)
 
     # What each offset holds, per source.
     all_at = collections.defaultdict(lambda: collections.defaultdict(set))    # tp -> off -> values
     vis_at = collections.defaultdict(lambda: collections.defaultdict(set))
     vis_offsets = collections.defaultdict(set)                                 # value -> {(tp, off)}
-    read_rc = collections.defaultdict(list)                                     # value -> [(run, tp, off, t1)]
-    for w in writes.values():
-        if w.acked and w.offset is not None:
-            all_at[w.tp][w.offset].add(w.value)
-            if _committed(w, txns):
-                vis_at[w.tp][w.offset].add(w.value)
-                vis_offsets[w.value].add((w.tp, w.offset))
+    read_rc = collections.defaultdict(list)                                    # (tp, off, v) -> [(run, t1)]
+    for a in h.attempts.values():
+        if a.acked and a.offset is not None:
+            all_at[a.tp][a.offset].add(a.value)
+            if committed(a):
+                vis_at[a.tp][a.offset].add(a.value)
+                vis_offsets[a.value].add((a.tp, a.offset))
+    rc_offsets = collections.defaultdict(set)                                  # (tp, v) -> {off}
     n_reads = 0
     for run in h.runs:
         for kind, tp, off, v, t1 in run.reads:
@@ -307,7 +320,20 @@ def check(history=None, producer_logs=(), consumer_logs=(), copies=None):
             if run.committed_only:
                 vis_at[tp][off].add(v)
                 vis_offsets[v].add((tp, off))
-                read_rc[v].append((run, tp, off, t1))
+                read_rc[(tp, off, v)].append((run, t1))
+                rc_offsets[(tp, v)].add(off)
+
+    def attempts_of(tp, off, v):
+        """The attempts a read of v at (tp, off) can be: the one acknowledged
+        at that offset, else those of v in tp whose offset is unknown."""
+        cands = [a for a in h.by_value.get(v, ()) if a.tp == tp]
+        exact = [a for a in cands if a.offset == off]
+        return exact or [a for a in cands if a.offset is None]
+
+    def visible(a):
+        if a.offset is not None:
+            return (a.tp, a.offset, a.value) in read_rc
+        return any(a in attempts_of(a.tp, off, a.value) for off in rc_offsets.get((a.tp, a.value), ()))
 
     # inconsistent-offsets
     for tp in sorted(all_at, key=str):
@@ -323,26 +349,28 @@ def check(history=None, producer_logs=(), consumer_logs=(), copies=None):
             rep.add("duplicate", {"value": v, "at": sorted([list(tp) + [o] for tp, o in places], key=str)})
 
     # G1a, precommitted-read, phantom-read
-    for v in sorted(read_rc, key=str):
-        w = writes.get(v)
-        run, tp, off, t1 = read_rc[v][0]
+    for (tp, off, v) in sorted(read_rc, key=str):
+        run, t1 = read_rc[(tp, off, v)][0]
         where = {"value": v, "topic": tp[0], "partition": tp[1], "offset": off, "reader": run.id}
-        if w is None:
+        cands = attempts_of(tp, off, v)
+        if not cands:
             rep.add("phantom-read", where)
             continue
-        if w.txn is None:
+        if any(a.txn is None for a in cands):
             continue
-        t = txns[w.txn]
-        if t.outcome == ABORTED:
-            rep.add("G1a", dict(where, txn=t.id))
-        elif t.commit_start is None:
-            rep.add("precommitted-read", dict(where, txn=t.id, commit_start=None))
-        else:
-            early = [r for r in read_rc[v] if r[3] is not None and r[3] < t.commit_start]
-            if early:
-                r = early[0]
-                rep.add("precommitted-read", dict(where, reader=r[0].id, read_at=r[3], txn=t.id,
-                                                  commit_start=t.commit_start))
+        ts = [txns[a.txn] for a in cands]
+        if all(t.outcome == ABORTED for t in ts):
+            rep.add("G1a", dict(where, txn=ts[0].id))
+            continue
+        live = [t for t in ts if t.outcome != ABORTED]
+        if all(t.commit_start is None for t in live):
+            rep.add("precommitted-read", dict(where, txn=live[0].id, commit_start=None))
+            continue
+        start = min(t.commit_start for t in live if t.commit_start is not None)
+        early = [(r, t) for r, t in read_rc[(tp, off, v)] if t is not None and t < start]
+        if early:
+            rep.add("precommitted-read", dict(where, reader=early[0][0].id, read_at=early[0][1],
+                                              txn=live[0].id, commit_start=start))
 
     rc_runs = [r for r in h.runs if r.committed_only]
 
@@ -368,36 +396,38 @@ def check(history=None, producer_logs=(), consumer_logs=(), copies=None):
 
     # lost-write, unseen
     acked = 0
-    for v in sorted(writes, key=str):
-        w = writes[v]
-        if not (w.acked and _committed(w, txns)):
+    for key in sorted(h.attempts, key=str):
+        a = h.attempts[key]
+        if not (a.acked and committed(a)):
             continue
         acked += 1
-        if v in read_rc:
+        if a.offset is not None and (a.tp, a.offset, a.value) in read_rc:
             continue
-        ex = {"value": v, "topic": w.topic, "partition": w.partition, "offset": w.offset,
-              "txn": w.txn, "producer": w.proc}
-        r = later_read(w.tp, w.offset) if w.offset is not None else None
+        ex = {"value": a.value, "topic": a.topic, "partition": a.partition, "offset": a.offset,
+              "txn": a.txn, "producer": a.proc}
+        r = later_read(a.tp, a.offset) if a.offset is not None else None
         if r is not None:
-            rep.add("lost-write", dict(ex, later_read_by=r.id, max_offset_read=r.max_read[w.tp]))
+            rep.add("lost-write", dict(ex, later_read_by=r.id, max_offset_read=r.max_read[a.tp]))
         else:
             rep.add("unseen", ex)
 
     # torn-transaction: visible in part, a missing value in a covered range
     for tid in sorted(txns, key=str):
         t = txns[tid]
-        seen = [v for v in t.values if v in read_rc]
-        if not seen or t.outcome == ABORTED:
+        if t.outcome == ABORTED or not t.attempts:
             continue
-        for v in sorted(t.values, key=str):
-            if v in read_rc:
+        vis = [a for a in t.attempts if visible(a)]
+        if not vis:
+            continue
+        for a in t.attempts:
+            if a in vis:
                 continue
-            w = writes[v]
-            r = covered(w.tp, w.offset)
+            r = covered(a.tp, a.offset)
             if r is not None:
-                rep.add("torn-transaction", {"txn": tid, "visible": sorted(seen, key=str)[:5],
-                                             "missing": v, "topic": w.topic,
-                                             "partition": w.partition, "offset": w.offset,
+                rep.add("torn-transaction", {"txn": tid,
+                                             "visible": sorted(x.value for x in vis)[:5],
+                                             "missing": a.value, "topic": a.topic,
+                                             "partition": a.partition, "offset": a.offset,
                                              "covered_by": r.id})
                 break
 
@@ -434,16 +464,16 @@ def check(history=None, producer_logs=(), consumer_logs=(), copies=None):
 
     # nonmonotonic-send: per producer and partition, offsets rise with produce order
     by_proc = collections.defaultdict(list)
-    for w in writes.values():
-        if w.acked and w.offset is not None:
-            by_proc[(w.proc, w.tp)].append((w.i, w.offset, w.value))
+    for a in h.attempts.values():
+        if a.acked and a.offset is not None:
+            by_proc[(a.proc, a.tp)].append((a.i, a.offset, a.value))
     for (proc, tp), sends in sorted(by_proc.items(), key=str):
         sends.sort(key=lambda s: s[0])
-        for a, b in zip(sends, sends[1:]):
-            if b[1] <= a[1]:
+        for x, y in zip(sends, sends[1:]):
+            if y[1] <= x[1]:
                 rep.add("nonmonotonic-send", {"producer": proc, "topic": tp[0], "partition": tp[1],
-                                              "first": {"value": a[2], "offset": a[1]},
-                                              "then": {"value": b[2], "offset": b[1]}})
+                                              "first": {"value": x[2], "offset": x[1]},
+                                              "then": {"value": y[2], "offset": y[1]}})
                 break
 
     # lost-copy
@@ -458,20 +488,12 @@ def check(history=None, producer_logs=(), consumer_logs=(), copies=None):
                 rep.add("lost-copy", {"value": v, "topic": tp[0], "partition": tp[1], "offset": off,
                                       "missing": prefix + v, "in_topic": dst})
 
-    committed = sum(1 for t in txns.values() if t.outcome == COMMITTED)
-    aborted = sum(1 for t in txns.values() if t.outcome == ABORTED)
-    rep.stats = {"writes": len(writes), "acked": acked, "reads": n_reads, "runs": len(h.runs),
-                 "txns": len(txns), "committed": committed, "aborted": aborted,
-                 "unknown": len(txns) - committed - aborted, "bad_lines": h.bad_lines}
+    n_committed = sum(1 for t in txns.values() if t.outcome == COMMITTED)
+    n_aborted = sum(1 for t in txns.values() if t.outcome == ABORTED)
+    rep.stats = {"writes": len(h.attempts), "acked": acked, "reads": n_reads, "runs": len(h.runs),
+                 "txns": len(txns), "committed": n_committed, "aborted": n_aborted,
+                 "unknown": len(txns) - n_committed - n_aborted, "bad_lines": h.bad_lines}
     return rep
-
-
-def _committed(w, txns):
-    """An acknowledged write is committed: non-transactional, or its transaction committed."""
-    if w.txn is None:
-        return True
-    t = txns.get(w.txn)
-    return t is not None and t.outcome == COMMITTED
 
 
 def _started_by(run, tp, off):

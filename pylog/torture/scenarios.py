@@ -392,6 +392,7 @@ def kill_during_recovery(trials, seed, root, opts):
             if not expect_ok(out, r, "reference recovery", kind="reopen-failed"):
                 continue
             want, hits = r.value, r.value.pop("hits")
+            out.note("records digested", want["records"])
             choices = [(name, k) for name, h in sorted(hits.items()) for k in range(1, h + 1)]
             for _ in range(opts.recovery_kills):
                 if choices and rng.random() < 0.8:
@@ -405,7 +406,9 @@ def kill_during_recovery(trials, seed, root, opts):
                     what = "random"
                 if r.killed:
                     out.note("kills")
-                elif not r.ok:
+                elif r.ok:
+                    out.note("recovery finished first")
+                else:
                     expect_ok(out, r, "recovery killed at " + what, kind="reopen-failed")
             for attempt in ("first", "second"):
                 r = testing.run_in_child(workload.recover_and_digest, t.store, FP_TOPICS, timeout=120)
@@ -515,17 +518,21 @@ def soak(trials, seed, root, opts):
                 out.note("kills")
                 procs[key] = start(*key)
             t.stop()
+            _log(opts, "  6: stopping")
             for key, c in sorted(procs.items()):
                 expect_ok(out, c.wait(90), "%s%d" % key)
+            _log(opts, "  6: stopped")
             tids = ["tx-%d" % i for i in range(opts.producers)] + \
                    ["copier-%d" % i for i in range(opts.copiers)]
             r = testing.run_in_child(workload.settle, t.store, tids, timeout=60)
             expect_ok(out, r, "settle", kind="reopen-failed")
+            _log(opts, "  6: settled")
             name = "cd"
             r = testing.run_in_child(workload.copier, t.store, name, "copier-drain", t.log("p", name),
                                      t.log("c", name), "in", "out", abort_ratio=0.0, drain=True,
                                      timeout=120)
             expect_ok(out, r, "drain copier")
+            _log(opts, "  6: drained: %s" % r)
             _finish(out, t, opts, copies={("in", "out"): "c:"},
                     tids=tids + ["copier-drain"], topics=SOAK_TOPICS)
         finally:
