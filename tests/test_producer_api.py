@@ -7,7 +7,6 @@ reports carry the offsets, keys land where a Kafka cluster would put them
 every record produced is read back from the log exactly once.
 """
 import collections
-import os
 import time
 
 import pytest
@@ -93,10 +92,34 @@ def test_unknown_config_key_is_invalid_arg(conf):
     assert "no.such.property" in ei.value.args[0].str()
 
 
-def test_consumer_key_on_a_producer_is_invalid_arg(conf):
+def test_consumer_keys_on_a_producer_are_checked_then_ignored(closing, conf):
+    # librdkafka warns and ignores a property of the other client type...
+    p = producer(closing, conf, **{"group.id": "g", "auto.offset.reset": "earliest",
+                                   "enable.auto.commit": False})
+    p.produce("t", b"x")
+    assert p.flush(5) == 0
+    # ...but still refuses a value that is invalid for it.
     with pytest.raises(KafkaException) as ei:
-        Producer({**conf, "group.id": "g"})
+        Producer({**conf, "auto.offset.reset": "bogus"})
     assert error_code(ei) == KafkaError._INVALID_ARG
+
+
+def test_one_config_dict_serves_producer_consumer_and_admin(closing, conf):
+    from pylog import Consumer, TopicPartition
+    shared = {**conf, "group.id": "billing", "auto.offset.reset": "earliest",
+              "enable.auto.commit": False, "enable.idempotence": True, "linger.ms": 1,
+              "client.id": "app", "security.protocol": "PLAINTEXT"}
+    admin = AdminClient(shared)
+    closing(admin)
+    admin.create_topics([NewTopic("shared", num_partitions=1)])["shared"].result()
+    p = producer(closing, shared)
+    p.produce("shared", b"hello")
+    assert p.flush(5) == 0
+    c = Consumer(shared)
+    closing(c)
+    c.assign([TopicPartition("shared", 0, 0)])
+    msg = c.poll(5)
+    assert msg is not None and msg.error() is None and msg.value() == b"hello"
 
 
 @pytest.mark.parametrize("acks", [1, "1", 0])
@@ -286,6 +309,20 @@ def test_invalid_partition_count_fails_through_the_future(closing, conf):
     assert f.exception().args[0].code() == KafkaError.INVALID_PARTITIONS
 
 
+def test_validate_only_runs_every_check_and_creates_nothing(closing, conf):
+    admin = AdminClient(conf)
+    closing(admin)
+    admin.create_topics([NewTopic("exists", num_partitions=1)])["exists"].result()
+    fs = admin.create_topics([NewTopic("fresh", num_partitions=2), NewTopic("exists"),
+                              NewTopic("zero", num_partitions=0), NewTopic("bad name")],
+                             validate_only=True)
+    assert fs["fresh"].result() is None
+    assert fs["exists"].exception().args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS
+    assert fs["zero"].exception().args[0].code() == KafkaError.INVALID_PARTITIONS
+    assert fs["bad name"].exception().args[0].code() == KafkaError.TOPIC_EXCEPTION
+    assert set(admin.list_topics().topics) == {"exists"}
+
+
 # ---------------------------------------------------------------------------
 # Partitioner
 # ---------------------------------------------------------------------------
@@ -438,3 +475,68 @@ def test_non_file_bootstrap_servers_gives_a_confluent_kafka_producer():
     p = Producer({"bootstrap.servers": "127.0.0.1:1", "socket.timeout.ms": 100,
                   "message.timeout.ms": 100})
     assert isinstance(p, confluent_kafka.Producer)
+
+
+# ---------------------------------------------------------------------------
+# Regressions: bugs these tests found in produce()/flush() (fixed in bcf699b)
+# ---------------------------------------------------------------------------
+
+# Bug: Sender._take popped a queue's records before counting them in `inflight`;
+# a flush() looking in between saw an empty queue, nothing in flight, and
+# returned 0 before the records were written.
+def test_flush_waits_for_records_the_sender_thread_has_taken(closing, conf):
+    class SlowDeque(collections.deque):
+        """Widens the window between taking the last record and counting it."""
+
+        def popleft(self):
+            x = super().popleft()
+            if not self:
+                time.sleep(0.3)
+            return x
+
+    p = producer(closing, conf, **{"linger.ms": 5})
+    p.produce("t", b"first")
+    p.flush(5)
+    p._queues["t"].dq = SlowDeque()
+    p.produce("t", b"second")
+    time.sleep(0.1)                  # the sender thread took it and sits in the window
+    assert p.flush(5) == 0
+    _, records = read_partition(conf, "t", 0)
+    assert [r.value for r in records] == [b"first", b"second"]
+
+
+# Bug: unserved delivery reports did not count toward queue.buffering.max.messages
+# (librdkafka counts a message until its report is served), so a producer that
+# never polled grew its report queue without bound and never saw BufferError.
+def test_unserved_delivery_reports_count_toward_queue_buffering_max_messages(closing, conf):
+    p = producer(closing, conf, **{"queue.buffering.max.messages": 3, "linger.ms": 0})
+    dr = Reports()
+    for i in range(3):
+        p.produce("t", b"%d" % i, on_delivery=dr)
+    deadline = time.monotonic() + 5
+    while len(read_partition(conf, "t", 0)[1]) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(p) == 3 and dr.got == []          # written, reports not yet served
+    with pytest.raises(BufferError):
+        p.produce("t", b"3", on_delivery=dr)
+
+
+# Bug: produce()'s short path checked queue.buffering.max.messages against the
+# record's own topic queue only; librdkafka's limit is producer-wide.
+def test_queue_buffering_max_messages_is_producer_wide(closing, conf):
+    p = producer(closing, conf, **{"queue.buffering.max.messages": 5, "linger.ms": 60000})
+    for t in ("a", "b"):                         # first records take the slow path
+        p.produce(t, b"0")
+    with pytest.raises(BufferError):
+        for i in range(10):
+            p.produce("a" if i % 2 else "b", b"x")
+    assert len(p) <= 5
+
+
+# Bug: produce()'s short path (bare bytes value) never checked
+# queue.buffering.max.kbytes.
+def test_queue_buffering_max_kbytes_bounds_bare_values(closing, conf):
+    p = producer(closing, conf, **{"queue.buffering.max.kbytes": 1, "linger.ms": 60000})
+    with pytest.raises(BufferError):
+        for i in range(100):
+            p.produce("t", b"x" * 100)           # 10 KB into a 1 KB queue

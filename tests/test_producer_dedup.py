@@ -472,6 +472,9 @@ def test_snapshot_ahead_of_log_drops_producers_written_after_log_end(store_path)
     s.release()
 
 
+# Regression (fixed in 39dbbc3): PartitionState.load dropped every producer whose
+# LAST batch was past the log end, even when earlier batches were still in the
+# log, so a re-send of such a batch was written twice and a gap went unnoticed.
 def test_snapshot_ahead_of_log_keeps_batches_still_in_log(store_path):
     s = Store.acquire(store_path)
     part = s.partition(TOPIC, 0)
@@ -567,6 +570,9 @@ def test_expiration_counts_from_the_last_write_not_the_batch_timestamp(store_pat
     s.release()
 
 
+# Regression (fixed in 39dbbc3): Partition.snapshot relied on PartitionLog.sync(),
+# which fsynced only bytes THIS process wrote, so bytes another process appended
+# and never fsynced were vouched for by LMDB's state_end.
 def test_snapshot_fsyncs_bytes_appended_by_other_processes(store_path, monkeypatch):
     from pylog import fsutil
     s = Store.acquire(store_path)
