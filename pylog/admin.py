@@ -59,6 +59,16 @@ class ClusterMetadata:
         self.orig_broker_name = store.path
 
 
+class DeletedRecords:
+    """The result of delete_records for one partition."""
+
+    def __init__(self, low_watermark):
+        self.low_watermark = low_watermark
+
+    def __repr__(self):
+        return "DeletedRecords(low_watermark=%d)" % self.low_watermark
+
+
 def cluster_metadata(store, topic=None):
     topics = store.topics()
     if topic is not None:
@@ -130,6 +140,21 @@ class AdminClient:
 
     def list_topics(self, topic=None, timeout=-1):
         return cluster_metadata(self._store, topic)
+
+    def delete_records(self, topic_partition_offsets, request_timeout=None, operation_timeout=None):
+        """Move each partition's log start to the given offset (-1: the high
+        watermark); returns {TopicPartition: Future(DeletedRecords)}."""
+        from .message import TopicPartition
+        out = {}
+        for tp in topic_partition_offsets:
+            if not isinstance(tp, TopicPartition):
+                raise TypeError("delete_records() expects a list of TopicPartition")
+            try:
+                low = self._store.delete_records(tp.topic, tp.partition, tp.offset)
+                out[tp] = _done(DeletedRecords(low))
+            except KafkaException as e:
+                out[tp] = _done(error=e)
+        return out
 
     def close(self):
         if self._store is not None:

@@ -15,6 +15,8 @@
                                     that ends at that largest timestamp
         recovery-point              8-byte BE offset + CRC-32C: every byte below it
                                     was fsynced and validated, so recovery starts there
+        log-start-offset            8-byte BE offset + CRC-32C: set by DeleteRecords or
+                                    retention; reads below it are refused
         .lock                       flock()ed by whoever appends or recovers
         .sync                       group commit: (segment base, position) fsynced so
                                     far, and a flag set when an fsync failed
@@ -28,6 +30,7 @@ LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
 TIMEINDEX_SUFFIX = ".timeindex"
 RECOVERY_POINT_FILE = "recovery-point"
+LOG_START_FILE = "log-start-offset"
 LOCK_FILE = ".lock"
 SYNC_FILE = ".sync"
 TMP_SUFFIX = ".tmp"

@@ -109,6 +109,7 @@ class PartitionLog:
         self._segments = []             # ascending base offset; the last is active
         self._bases = []
         self._failed = None             # StorageError message once writes must stop
+        self._start = 0                 # log start moved by delete_before (0: none)
         self._unsynced = 0              # bytes written since the last fsync
         self._last_sync = time.monotonic()
         self._since_checkpoint = 0
@@ -120,6 +121,7 @@ class PartitionLog:
         with self.locked():
             self._open_segments()
             self._discard_after_failed_fsync()
+            self._start = self._read_start()
             # After recovery nothing past the tail is vouched for (a reboot
             # may have left a marker naming bytes that are gone).
             self._write_sync_marker(self._segments[-1].base_offset, self._segments[-1].size, False)
@@ -252,7 +254,47 @@ class PartitionLog:
     # ---- state ----
     @property
     def log_start_offset(self):
-        return self._segments[0].base_offset
+        """The first offset readers may ask for: the first segment's base, or
+        later once delete_before() moved it inside that segment."""
+        return max(self._segments[0].base_offset, self._start)
+
+    def _read_start(self):
+        try:
+            with open(os.path.join(self.path, format.LOG_START_FILE), "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return 0
+        if len(raw) != 12 or _bridge.crc32c(raw[:8]) != struct.unpack(">I", raw[8:])[0]:
+            log.warning("%s: ignoring a damaged %s", self.path, format.LOG_START_FILE)
+            return 0
+        return struct.unpack(">q", raw[:8])[0]
+
+    def delete_before(self, offset):
+        """Move the log start to offset (Kafka's DeleteRecords and retention):
+        whole segments below it are deleted, and reads below it are refused.
+        Never moves backwards or past the log end.  Returns the new start."""
+        with self.locked():
+            self.refresh()
+            offset = min(offset, self.next_offset)
+            if offset <= self.log_start_offset:
+                return self.log_start_offset
+            body = struct.pack(">q", offset)
+            fsutil.write_atomic(os.path.join(self.path, format.LOG_START_FILE),
+                                body + struct.pack(">I", _bridge.crc32c(body)))
+            self._start = offset
+            while len(self._segments) > 1 and self._segments[1].base_offset <= offset:
+                seg = self._segments.pop(0)
+                self._bases.pop(0)
+                log.info("%s: deleting segment %d (log start now %d)", self.path,
+                         seg.base_offset, offset)
+                seg.delete()
+            fsutil.fsync_dir(self.path)
+            return self.log_start_offset
+
+    def closed_segments(self):
+        """Every segment but the active one, oldest first (retention candidates)."""
+        with self._mutex:
+            return list(self._segments[:-1])
 
     @property
     def next_offset(self):
@@ -274,6 +316,12 @@ class PartitionLog:
         (a writer may be in the middle of it); with the lock held, such bytes
         can only come from a writer that died, and are cut off."""
         with self._mutex:
+            start = self._read_start()
+            if start > self._start:                 # another process deleted records
+                self._start = start
+                while len(self._segments) > 1 and self._segments[1].base_offset <= start:
+                    self._segments.pop(0).close()
+                    self._bases.pop(0)
             while True:
                 seg = self._segments[-1]
                 size = os.fstat(seg.fd).st_size

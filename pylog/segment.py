@@ -141,6 +141,18 @@ class Segment:
         i = bisect.bisect_left(self._tidx_ts, timestamp)
         return self._tidx_off[i - 1] if i else self.base_offset
 
+    def largest_timestamp(self):
+        """The largest batch timestamp in the segment (retention.ms clock).
+
+        The time index covers the batches before its last entry; the ones
+        after the last offset-index entry (at most index.interval.bytes and a
+        batch) are read."""
+        self._ensure_index()
+        pos = self._idx_pos[-1] if self._idx_pos else 0
+        infos, _, _ = self.scan_from(pos, -1, 0x7FFFFFFF, self.size)
+        return max([self._tidx_ts[-1] if self._tidx_ts else -1] +
+                   [bi.max_timestamp for bi in infos])
+
     def first_timestamp(self):
         """maxTimestamp of the first batch (the segment.ms roll clock), or None."""
         if self._first_timestamp is None and self.size >= _bridge.HEADER_SIZE:

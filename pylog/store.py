@@ -29,6 +29,7 @@ TOPIC_CONFIG_DEFAULTS = {
     "message.timestamp.type": "CreateTime",
 }
 MAX_PARTITIONS = 100000
+RETENTION_CHECK_S = 30          # Kafka's log.retention.check.interval.ms is 5 minutes
 
 
 class Partition:
@@ -185,11 +186,15 @@ class Store:
     def _timer_loop(self):
         """Abort transactions past transaction.timeout.ms: no broker process
         exists, so every process with the store open keeps this watch."""
+        next_retention = time.monotonic() + RETENTION_CHECK_S
         while not self._closed:
             time.sleep(0.5)
             if self._closed:
                 return
             try:
+                if time.monotonic() >= next_retention:
+                    next_retention = time.monotonic() + RETENTION_CHECK_S
+                    self.enforce_retention()
                 self._coordinator.abort_expired()
             except Exception as e:             # keep watching; the next round retries
                 import logging
@@ -266,6 +271,33 @@ class Store:
 
     def open_partitions(self):
         return list(self._partitions.values())
+
+    def enforce_retention(self, now_ms=None):
+        """Apply retention.ms/retention.bytes to every partition this process
+        has open; the timer thread calls it every RETENTION_CHECK_S."""
+        from . import retention
+        moved = {}
+        for p in self.open_partitions():
+            desc = self.topic(p.topic)
+            if desc is None:
+                continue
+            cfg = dict(TOPIC_CONFIG_DEFAULTS)
+            cfg.update(desc.get("config", {}))
+            before = p.log.log_start_offset
+            after = retention.enforce(p, cfg, now_ms)
+            if after != before:
+                moved[(p.topic, p.partition)] = after
+        return moved
+
+    def delete_records(self, topic, partition, offset):
+        """Kafka's DeleteRecords: move the log start (never beyond the LSO)."""
+        p = self.partition(topic, partition)
+        p.refresh()
+        if offset < 0:                               # -1: up to the high watermark
+            offset = p.high_watermark
+        offset = min(offset, p.last_stable_offset())
+        p.snapshot()
+        return p.log.delete_before(offset)
 
     def close(self):
         self._closed = True

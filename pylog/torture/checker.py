@@ -439,10 +439,7 @@ def check(history=None, producer_logs=(), consumer_logs=(), copies=None):
         last = {}                        # tp -> last offset read (a seek to o: o - 1)
         for kind, tp, off, v, t1 in r.reads:
             if kind == "seek":
-                if off >= 0:
-                    last[tp] = off - 1
-                else:
-                    last.pop(tp, None)
+                last[tp] = off - 1 if off >= 0 else None      # None: position unknown
                 continue
             moved = tp in last
             prev = last[tp] if moved else (r.start[tp] - 1 if r.start.get(tp, -1) >= 0 else None)

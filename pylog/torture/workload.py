@@ -278,26 +278,51 @@ def reader(store, run, log_path, tps, isolation="read_committed", duration=None,
 
 def copier(store, proc, tid, prod_log, cons_log, src, dst, group="torture-copier", seed=0,
            abort_ratio=0.3, duration=None, stop_path=None, batch=20, txn_timeout_ms=5000,
-           drain=False, timeout=60.0):
-    """Consume src (read_committed, group), produce "c:" + value to the same
-    partition of dst, and commit the input offsets in the same transaction;
-    abort_ratio of the transactions are aborted, and the input is rewound to
-    the committed offsets.  drain: stop once caught up with src's LSO (the
-    producers of src are done)."""
+           drain=False, timeout=90.0, session_timeout_ms=2000):
+    """Consume src (read_committed, a member of group), produce "c:" + value
+    to the same partition of dst, and commit the input offsets in the same
+    transaction; abort_ratio of the transactions are aborted and the input
+    rewound to the committed offsets, as is any transaction the group fences
+    after a rebalance.  drain: stop once this member owns every partition of
+    src and has caught up with its LSO (the producers of src are done).
+
+    The consumer log records a seek (position unknown, -1) for every
+    partition assigned, revoked or lost: its next read starts wherever the
+    group's committed offset is."""
     rng = random.Random(seed)
     plog, clog = JsonLog(prod_log), JsonLog(cons_log)
     c = Consumer(conf_for(store, **{"group.id": group, "isolation.level": "read_committed",
-                                    "enable.auto.commit": False, "auto.offset.reset": "earliest"}))
-    c.subscribe([src])
+                                    "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                                    "session.timeout.ms": session_timeout_ms,
+                                    "heartbeat.interval.ms": max(session_timeout_ms // 10, 1)}))
+    owned = set()
+
+    def moved(consumer, parts):
+        """A rebalance: where these partitions are read next is not ours to know."""
+        for tp in parts:
+            owned.symmetric_difference_update({(tp.topic, tp.partition)})
+        clog.write(op="seek", positions=[[tp.topic, tp.partition, -1] for tp in parts],
+                   t=time.monotonic())
+    c.subscribe([src], on_assign=moved, on_revoke=moved, on_lost=moved)
     p = Producer(conf_for(store, **{"transactional.id": tid, "linger.ms": LINGER_MS,
                                     "transaction.timeout.ms": txn_timeout_ms}))
     p.init_transactions()
+    nparts = len(c.list_topics(src).topics[src].partitions)
     plog.write(op="start", proc=proc, tid=tid, pid=os.getpid(), t=time.monotonic())
     clog.write(op="start", run=proc, isolation="read_committed", pid=os.getpid(), t=time.monotonic())
     report = _Sends(plog, proc)
     end = None if duration is None else time.monotonic() + duration
     deadline = time.monotonic() + timeout
-    n = i = idle = 0
+    n = i = 0
+
+    def rewind(parts):
+        moved = []
+        for tp in c.committed(parts):
+            pos = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            c.seek(TopicPartition(tp.topic, tp.partition, pos))
+            moved.append([tp.topic, tp.partition, pos if pos >= 0 else 0])
+        clog.write(op="seek", positions=moved, t=time.monotonic())
+
     while True:
         if stop_path and os.path.exists(stop_path) and not drain:
             break
@@ -308,43 +333,48 @@ def copier(store, proc, tid, prod_log, cons_log, src, dst, group="torture-copier
         t1 = time.monotonic()
         if not msgs:
             if drain:
-                assigned = c.assignment()
-                if assigned and all(tp.offset >= c.get_watermark_offsets(tp)[1]
-                                    for tp in c.position(assigned)):
+                if len(owned) == nparts and all(
+                        tp.offset >= c.get_watermark_offsets(tp)[1]
+                        for tp in c.position([TopicPartition(t, q) for t, q in sorted(owned)])):
                     break
                 if time.monotonic() > deadline:
-                    raise TimeoutError("copier %s did not catch up in %.0f s" % (proc, timeout))
+                    raise TimeoutError("copier %s did not catch up in %.0f s (owns %s)"
+                                       % (proc, timeout, sorted(owned)))
             continue
         clog.write(op="poll", t0=t0, t1=t1, msgs=[[m.topic(), m.partition(), m.offset(),
                                                    m.value().decode()] for m in msgs])
         txn = "%s:%d" % (proc, n)
         n += 1
         p.begin_transaction()
-        for m in msgs:
-            v = "c:" + m.value().decode()
-            i += 1
-            plog.write(op="produce", proc=proc, i=i, value=v, topic=dst, partition=m.partition(),
-                       txn=txn)
-            report.meta[v] = (i, txn)
-            p.produce(dst, value=v.encode(), partition=m.partition(), on_delivery=report)
-        assigned = c.assignment()
-        p.send_offsets_to_transaction(c.position(assigned), c.consumer_group_metadata())
-        if rng.random() < abort_ratio:
-            p.abort_transaction()
-            plog.write(op="end", proc=proc, txn=txn, outcome="aborted", t=time.monotonic())
-            rewind = []
-            for tp in c.committed(assigned):
-                pos = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-                c.seek(TopicPartition(tp.topic, tp.partition, pos))
-                rewind.append([tp.topic, tp.partition, pos if pos >= 0 else 0])
-            clog.write(op="seek", positions=rewind, t=time.monotonic())
-        else:
+        try:
+            for m in msgs:
+                v = "c:" + m.value().decode()
+                i += 1
+                plog.write(op="produce", proc=proc, i=i, value=v, topic=dst,
+                           partition=m.partition(), txn=txn)
+                report.meta[v] = (i, txn)
+                p.produce(dst, value=v.encode(), partition=m.partition(), on_delivery=report)
+            p.send_offsets_to_transaction(c.position(c.assignment()), c.consumer_group_metadata())
+            if rng.random() < abort_ratio:
+                raise _Abort()
             plog.write(op="commit_start", proc=proc, txn=txn, t=time.monotonic())
             p.commit_transaction()
             plog.write(op="end", proc=proc, txn=txn, outcome="committed", t=time.monotonic())
+        except (_Abort, KafkaException) as e:
+            if isinstance(e, KafkaException):
+                plog.write(op="api_error", proc=proc, txn=txn, **error_record(e))
+                if not e.args[0].txn_requires_abort():
+                    raise
+            p.abort_transaction()
+            plog.write(op="end", proc=proc, txn=txn, outcome="aborted", t=time.monotonic())
+            rewind(c.assignment())
     p.close()
     c.close()
     return n
+
+
+class _Abort(Exception):
+    """The copier chose to abort this transaction."""
 
 
 # ---- helpers for the harness ----
