@@ -154,12 +154,11 @@ class Producer:
         if size + _RECORD_OVERHEAD > self._max_msg:
             raise self._too_large(size + _RECORD_OVERHEAD)
         dq = tq.dq
-        if len(self) >= self._max_queue_msgs or tq.bytes + size > self._max_queue_bytes:
-            raise BufferError("Local: Queue full")
-        if not dq:
-            self._arm(tq)
-        else:
-            tq.room = min(tq.room, len(dq) + 1) if len(self._queues) > 1 else tq.room
+        n = len(dq)
+        if not n:
+            self._arm(tq)                           # counts the queue (may raise BufferError)
+        elif n >= tq.room or tq.bytes + size > self._max_queue_bytes:
+            self._check_room(tq)
         dq.append((value, key, partition, cb, timestamp, headers, hbytes, hcount))
         tq.bytes += size
         if (len(dq) >= self._batch_msgs or tq.bytes >= self._batch_bytes) and not tq.kicked:
