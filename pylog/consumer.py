@@ -23,6 +23,7 @@ from .errors import KafkaError, KafkaException
 from .message import (Message, TopicPartition, OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID,
                       OFFSET_STORED, TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME)
 from .group import Member
+from .metrics import StatsEmitter
 from .store import Store
 
 _FIELDS = _bridge.REC_FIELDS
@@ -77,6 +78,7 @@ class Consumer:
         self._group = c["group.id"]
         self._store = Store.acquire(config.store_path(c), c)
         self._meta = self._store.meta
+        self._stats = StatsEmitter(self, "consumer", c)     # stats_cb, statistics.interval.ms
         # Every process with the store open rolls crashed commits forward and
         # enforces transaction.timeout.ms: readers too, or an LSO could stay stuck.
         self._store.coordinator
@@ -431,24 +433,31 @@ class Consumer:
         return self._consume(num_messages, timeout)
 
     def _consume(self, n, timeout):
+        """Up to n messages: returns once it has n or timeout runs out, as
+        librdkafka's consume_batch does (poll() is n = 1)."""
         self._check_open()
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         notifier = self._store.notifier
+        out = []
         while True:
             seen = notifier.seq()
+            if self._stats.enabled:
+                self._stats.maybe_emit()
             with self._lock:
                 self._last_poll = time.monotonic()
                 if self._member is not None:
                     self._member.step()
                 self._maybe_auto_commit()
-                out = self._drain(n)
-            if out:
+                got = self._drain(n - len(out))
+            out.extend(got)
+            if len(out) >= n or any(m._error is not None for m in got):
                 return out
             now = time.monotonic()
             if deadline is not None and now >= deadline:
-                return []
-            wait = 0.1 if deadline is None else min(deadline - now, 0.1)
-            notifier.wait(seen, wait)
+                return out
+            if not got:
+                wait = 0.1 if deadline is None else min(deadline - now, 0.1)
+                notifier.wait(seen, wait)
 
     def _maybe_auto_commit(self):
         if self._auto_commit and time.monotonic() >= self._next_auto_commit:

@@ -302,8 +302,10 @@ class Member:
         self.state = self.groups.join(self.group, self.member_id, self.instance_id, self.topics(),
                                       self.protocol, self.session_timeout_ms, self.max_poll_ms)
         me = self.state["members"][self.member_id]
-        self.acked, self.owned = me["acked"], [tuple(x) for x in me["owned"]]
-        self.generation = me.get("gen") if self.owned else -1
+        # A static member taking over its old entry has no fetch state yet:
+        # step() assigns its target afresh (the entry keeps the old ack).
+        self.acked = me["acked"]
+        self.owned, self.generation = [], -1
         if self.thread is None:
             self.thread = threading.Thread(target=self._beat, daemon=True, name="pylog-heartbeat")
             self.thread.start()

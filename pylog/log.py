@@ -354,6 +354,7 @@ class PartitionLog:
         if rc and self._lock_depth:
             log.warning("%s: cutting %d bytes left by a failed writer at position %d (%s)",
                         seg.log_path, file_size - valid_end, valid_end, _bridge.SCAN_REASONS.get(rc, rc))
+            failpoints.hit("truncate")
             os.ftruncate(seg.fd, valid_end)
 
     # ---- appending ----

@@ -18,6 +18,7 @@ from . import compression, config
 from .codec import encode_headers
 from .errors import KafkaError, KafkaException
 from .producer_txn import ABORTABLE, FATAL, IN_TXN, INIT, READY, ProducerTxn, with_flags
+from .metrics import StatsEmitter
 from .sender import Sender, TopicQueue
 from .store import Store
 
@@ -82,6 +83,7 @@ class Producer:
         self._queues = {}                         # topic -> TopicQueue
         self._txn = None
         self._sender = Sender(self)
+        self._stats = StatsEmitter(self, "producer", c)     # stats_cb, statistics.interval.ms
         self._fast = False
         self._update_fast_path()
 
@@ -309,6 +311,8 @@ class Producer:
 
     def poll(self, timeout=None):
         """Write due batches and serve delivery reports; returns how many were served."""
+        if self._stats.enabled:
+            self._stats.maybe_emit()
         self._send_due(False)
         served = self._sender.serve()
         if served or timeout == 0:
@@ -334,6 +338,8 @@ class Producer:
         """Write everything queued and serve all delivery reports; returns the
         number of messages still queued (0 unless timeout ran out)."""
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        if self._stats.enabled:
+            self._stats.maybe_emit()
         while True:
             self._send_due(True)
             self._sender.serve()

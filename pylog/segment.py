@@ -367,6 +367,7 @@ class Segment:
         cut = next((bi.position for bi in infos if bi.base_offset >= offset), self.size)
         if cut == self.size:
             return
+        failpoints.hit("truncate")
         os.ftruncate(self.fd, cut)
         self.size = cut
         self.next_offset = None

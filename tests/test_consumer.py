@@ -458,14 +458,58 @@ def test_second_member_takes_over_when_the_first_dies(store):
         produce(conf, "two", vals("p0", 2, 10), partition=0)
         got = []
         deadline = time.monotonic() + 10
-        while len(got) < 2 and time.monotonic() < deadline:
-            m = second.poll(0.2)
+        while (len(got) < 2 or len(second.assignment()) < 2) and time.monotonic() < deadline:
+            m = second.poll(0.2)                           # (p0 may have been the survivor's already)
             if m is not None:
                 got.append(m.value())
         assert sorted(second.assignment()) == [TopicPartition("two", 0), TopicPartition("two", 1)]
         assert got == vals("p0", 2, 10)                    # from the committed offsets on
     finally:
         second.close()
+
+
+def static_member_main(conf, conn):
+    """A static member (group.instance.id) that reads, commits, then hangs until killed."""
+    c = Consumer({**conf, "group.id": "static", "group.instance.id": "worker-1",
+                  "session.timeout.ms": 2000, "heartbeat.interval.ms": 200,
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe(["two"])
+    n = 0
+    deadline = time.monotonic() + 20
+    while n < 4 and time.monotonic() < deadline:
+        m = c.poll(0.2)
+        if m is not None and m.error() is None:
+            n += 1
+    c.commit(asynchronous=False)
+    conn.send(sorted((tp.topic, tp.partition) for tp in c.assignment()))
+    time.sleep(60)
+
+
+def test_static_member_restarted_after_a_crash_gets_its_partitions_back(store):
+    conf = store
+    produce(conf, "two", vals("p0", 2), partition=0)
+    produce(conf, "two", vals("p1", 2), partition=1)
+    parent, child = CTX.Pipe()
+    with child_process(static_member_main, conf, child, join_timeout=5) as proc:
+        assert parent.poll(30) and parent.recv() == [("two", 0), ("two", 1)]
+        proc.kill()                                        # crash: no leave
+        proc.join(10)
+    produce(conf, "two", vals("p0", 1, 2), partition=0)
+    c = Consumer({**conf, "group.id": "static", "group.instance.id": "worker-1",
+                  "session.timeout.ms": 2000, "heartbeat.interval.ms": 200,
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    try:
+        c.subscribe(["two"])
+        got = []
+        deadline = time.monotonic() + 8                    # > session.timeout.ms, too
+        while not got and time.monotonic() < deadline:
+            m = c.poll(0.2)
+            if m is not None and m.error() is None:
+                got.append(m.value())
+        assert sorted(c.assignment()) == [TopicPartition("two", 0), TopicPartition("two", 1)]
+        assert got == [b"p0-2"]                            # from the committed offsets on
+    finally:
+        c.close()
 
 
 # ---- poll, consume, commit, committed, position, seek ----

@@ -17,7 +17,8 @@ from .harness import print_scoreboard
 
 FULL = {"1": 250, "2": 0, "3": 1000, "4": 0, "5": 100, "6": 1}
 QUICK = {"1": 3, "2": 16, "3": 6, "4": 8, "5": 2, "6": 1}
-QUICK_OPTS = dict(kills=2, hits=1, cycles=3, recovery_kills=2, duration=5.0, min_s=0.1, max_s=0.4)
+QUICK_OPTS = dict(kills=2, hits=1, cycles=3, recovery_kills=2, duration=5.0, min_s=0.1, max_s=0.4,
+                  io_arms=("open",))
 
 
 def main(argv=None):
@@ -34,6 +35,8 @@ def main(argv=None):
     ap.add_argument("--cycles", type=int, default=None, help="scenario 3: power losses per store")
     ap.add_argument("--failpoint", action="append", default=None,
                     help="scenario 2: only this failpoint (repeatable)")
+    ap.add_argument("--arm", choices=("start", "open", "both"), default=None,
+                    help="scenario 4: count hits from the start, from once the store is open, or both")
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep trials that found anomalies")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -49,6 +52,8 @@ def main(argv=None):
         if getattr(args, k) is not None:
             setattr(opts, k, getattr(args, k))
     opts.failpoints = args.failpoint
+    if args.arm:
+        opts.io_arms = ("start", "open") if args.arm == "both" else (args.arm,)
     opts.keep, opts.verbose = args.keep, args.verbose
     root = args.dir or tempfile.mkdtemp(prefix="pylog-torture-")
     outcomes = []

@@ -33,8 +33,9 @@ IN_PLACE = {".sync", ".lock", "notify"}
 
 
 def install_recorder(log_path):
-    """Wrap pylog.fsutil.fsync/fsync_dir in this process to log successful
-    (and failed) fsyncs to log_path.  Returns an undo function."""
+    """Wrap pylog.fsutil.fsync/fsync_dir (and os.ftruncate) in this process
+    to log successful and failed fsyncs, and truncations, to log_path.
+    Returns an undo function."""
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     orig_fsync, orig_dir = fsutil.fsync, fsutil.fsync_dir
 
@@ -67,10 +68,20 @@ def install_recorder(log_path):
             raise
         emit(op="fsync_dir", path=path, entries=entries, ok=True)
 
-    fsutil.fsync, fsutil.fsync_dir = fsync, fsync_dir
+    orig_ftruncate = os.ftruncate
+
+    def ftruncate(f, length):
+        try:
+            path = os.readlink("/proc/self/fd/%d" % f)
+        except OSError:
+            path = None
+        orig_ftruncate(f, length)
+        emit(op="truncate", path=path, size=length, ok=True)
+
+    fsutil.fsync, fsutil.fsync_dir, os.ftruncate = fsync, fsync_dir, ftruncate
 
     def undo():
-        fsutil.fsync, fsutil.fsync_dir = orig_fsync, orig_dir
+        fsutil.fsync, fsutil.fsync_dir, os.ftruncate = orig_fsync, orig_dir, orig_ftruncate
         os.close(fd)
     return undo
 
@@ -104,8 +115,30 @@ def snapshot(store):
     return files, dirs
 
 
-def failed_fsyncs(records):
-    return [r for r in records if r.get("op") == "fsync" and not r.get("ok")]
+def fsync_retries(records, before_sizes):
+    """Segment fsyncs that followed a failed one on the same file without
+    the file first being cut back to what an earlier fsync made durable:
+    after a failed fsync the kernel may have dropped the dirty pages, so a
+    later fsync that succeeds proves nothing about them (invariant 5)."""
+    good = {}                           # path -> size durable so far
+    suspect = {}                        # path -> durable size when an fsync failed
+    out = []
+    for r in records:
+        path = r.get("path") or ""
+        if not path.endswith(".log"):
+            continue
+        durable = good.get(path, before_sizes.get(path, 0))
+        if r["op"] == "truncate":
+            if path in suspect and r["size"] <= suspect[path]:
+                del suspect[path]
+        elif r["op"] == "fsync":
+            if path in suspect:
+                out.append(dict(r, durable_before_failure=suspect.pop(path)))
+            elif not r.get("ok"):
+                suspect[path] = durable
+            elif r.get("size") is not None:
+                good[path] = r["size"]
+    return out
 
 
 def apply(store, records, before, rng=None, mode="garble", new_entries="keep"):

@@ -36,6 +36,9 @@ class Options:
         self.keep = False               # keep the directories of trials with anomalies
         self.verbose = False
         self.failpoints = None          # scenario 2: only these
+        self.io_arms = ("start", "open")    # scenario 4: arm before opening, or after
+        self.io_targets = IO_TARGETS        # scenario 4: failpoints to fail at
+        self.io_segment_bytes = 700         # scenario 4: small segments, so writes roll
         for k, v in kw.items():
             if not hasattr(self, k):
                 raise TypeError("unknown option %r" % k)
@@ -159,10 +162,7 @@ def _failpoint_base(root, seed, out):
 
 def _torn_tail(store, topic, partition, rng, n=37):
     """Append n bytes of a half-written batch to the partition's active segment."""
-    d = os.path.join(store, "%s-%d" % (topic, partition))
-    logs = sorted(f for f in os.listdir(d) if f.endswith(".log"))
-    with open(os.path.join(d, logs[-1]), "ab") as f:
-        f.write(bytes(rng.getrandbits(8) for _ in range(n)))
+    workload.append_garbage(store, topic, partition, rng, n)
 
 
 def every_failpoint(trials, seed, root, opts):
@@ -267,8 +267,10 @@ IO_ACTIONS = ("eio", "eio!", "enospc", "enospc!")
 
 def io_errors(trials, seed, root, opts):
     """An I/O error (EIO or ENOSPC, once or on every hit from then on) at the
-    k-th write, fsync, rename and truncate, for k in 1..opts.hits, during
-    opening, transactions and idempotent writes with fsync=always.  Then:
+    k-th write, fsync, rename and truncate, for k in 1..opts.hits, counted
+    from the start (opening the store meets it first) or from once every
+    partition is open (opts.io_arms), during opening, transactions and
+    idempotent writes with fsync=always.  Then:
     the child must end (no hang) with only KafkaExceptions reaching the
     application; no segment fsync may follow a failed one; with every file
     cut back to its last successful fsync, reopening must work and lose no
@@ -278,14 +280,14 @@ def io_errors(trials, seed, root, opts):
     base = Trial(root, "s4-base")
     try:
         if run_step(out, "create topics", workload.create_topics, base.store, FP_TOPICS,
-                    FP_CONFIG) is None:
+                    {"segment.bytes": opts.io_segment_bytes}) is None:
             return out
         if run_step(out, "base data", workload.txn_producer, base.store, "base", "tx-io",
                     base.log("p", "base"), FP_TOPICS, seed=seed, txns=4, abort_ratio=0.0) is None:
             return out
         known = set(testing.failpoint_names())
         cases = []
-        for target in IO_TARGETS:
+        for target in opts.io_targets:
             if target not in known:
                 out.note("missing failpoint: " + target)
                 continue
@@ -293,11 +295,12 @@ def io_errors(trials, seed, root, opts):
                 if action.startswith("enospc") and target not in ("write", "log.write"):
                     continue
                 for k in range(1, opts.hits + 1):
-                    cases.append((target, action, k))
+                    for arm in opts.io_arms:
+                        cases.append((target, action, k, arm))
         rng.shuffle(cases)
         if trials:
             cases = cases[:trials]
-        for i, (target, action, k) in enumerate(cases):
+        for i, (target, action, k, arm) in enumerate(cases):
             t = _trial(out, root, "s4-%04d" % i)
             try:
                 copy_store(base.store, t.store)
@@ -307,10 +310,12 @@ def io_errors(trials, seed, root, opts):
                 proc = "io%d" % i
                 fsync_log = t.log("fsync", proc)
                 r = testing.run_in_child(workload.io_error_phase, t.store, proc, "tx-io", t.logs,
-                                         FP_TOPICS, fsync_log, seed=seed,
-                                         failpoints={target: "%s@%d" % (action, k)}, timeout=60)
+                                         FP_TOPICS, fsync_log, (target, action, k), arm,
+                                         seed=seed, timeout=60)
                 out.trials += 1
-                case = "%s=%s@%d" % (target, action, k)
+                case = "%s=%s@%d (armed at %s)" % (target, action, k, arm)
+                with open(os.path.join(t.dir, "case"), "w") as f:
+                    f.write(case + "\n")
                 _log(opts, "  4: %s -> %s" % (case, r))
                 if r.timed_out:
                     out.report.add("hang", {"case": case})
@@ -319,7 +324,7 @@ def io_errors(trials, seed, root, opts):
                                              "error": (r.error or "").strip().splitlines()[-2:]})
                 elif r.value:
                     out.note("cases with errors")
-                _judge_io(out, t, case)
+                _judge_io(out, t, case, before)
                 records = powerloss.read_records(fsync_log)
                 powerloss.apply(t.store, records, before, rng, mode="truncate")
                 _finish(out, t, opts, tids=["tx-io"], topics=FP_TOPICS)
@@ -330,25 +335,19 @@ def io_errors(trials, seed, root, opts):
     return out
 
 
-def _judge_io(out, t, case):
+def _judge_io(out, t, case, before):
     """Unclear errors (not a KafkaException) and fsyncs retried after a failure."""
     for path in t.producer_logs():
         for ev in workload_events(path):
             if ev.get("op") == "api_error" and not ev.get("kafka"):
                 out.report.add("unclear-error", {"case": case, "type": ev.get("type"),
                                                  "msg": ev.get("msg"), "where": ev.get("where")})
-    failed = set()
     for path in sorted(p for p in os.listdir(t.logs) if p.startswith("fsync-")):
-        for ev in powerloss.read_records(os.path.join(t.logs, path)):
-            f = ev.get("path") or ""
-            if ev.get("op") != "fsync" or not f.endswith(".log"):
-                continue
-            if f in failed:
-                out.report.add("fsync-retried", {"case": case, "file": os.path.basename(f),
-                                                 "ok": ev.get("ok")})
-                failed.discard(f)          # report each file once
-            elif not ev.get("ok"):
-                failed.add(f)
+        records = powerloss.read_records(os.path.join(t.logs, path))
+        for r in powerloss.fsync_retries(records, before[0]):
+            out.report.add("fsync-retried", {"case": case, "file": os.path.relpath(r["path"], t.store),
+                                             "ok": r.get("ok"),
+                                             "durable_before_failure": r["durable_before_failure"]})
 
 
 def workload_events(path):

@@ -451,13 +451,21 @@ def powerloss_phase(store, proc, tid, logs, topics, fsync_log, seed=0, duration=
     t.join()
 
 
-def io_error_phase(store, proc, tid, logs, topics, fsync_log, seed=0, txns=6, records=12):
-    """Scenario 4's child: the scenario 2 workload under an I/O error
-    failpoint, the fsync recorder installed.  Every exception that reaches
-    the application is logged (op "api_error") and ends that step."""
+def io_error_phase(store, proc, tid, logs, topics, fsync_log, fp, arm="start", seed=0, txns=6,
+                   records=12):
+    """Scenario 4's child: the scenario 2 workload with failpoint fp =
+    (name, action, k) armed at the start (so opening the store meets it
+    first) or once every partition is open (arm="open"), the fsync recorder
+    installed.  Every exception that reaches the application is logged (op
+    "api_error") and ends that step; returns how many there were."""
+    from pylog import failpoints
     from . import powerloss
     powerloss.install_recorder(fsync_log)
     log = JsonLog(os.path.join(logs, "p-%s-errors.jsonl" % proc))
+    name, action, k = fp
+    if arm == "start":
+        failpoints.set(name, action, k)
+    errors = 0
     steps = [
         (reader, (store, "r-" + proc, os.path.join(logs, "c-%s.jsonl" % proc), all_tps(topics)),
          dict(drain=True)),
@@ -466,14 +474,37 @@ def io_error_phase(store, proc, tid, logs, topics, fsync_log, seed=0, txns=6, re
         (idempotent_producer, (store, proc + "i", os.path.join(logs, "p-%si.jsonl" % proc), topics),
          dict(seed=seed, records=records, fsync="always", flush_every=3)),
     ]
-    errors = 0
-    for fn, args, kwargs in steps:
-        try:
-            fn(*args, **kwargs)
-        except Exception as e:
-            errors += 1
-            log.write(op="api_error", step=fn.__name__, **error_record(e))
+    from pylog.store import Store
+    held = Store.acquire(store) if arm == "open" else None       # keep it open between steps
+    try:
+        for n, (fn, args, kwargs) in enumerate(steps):
+            try:
+                fn(*args, **kwargs)
+            except Exception as e:
+                errors += 1
+                log.write(op="api_error", step=fn.__name__, **error_record(e))
+            if n == 0:
+                # A writer in another process died mid-batch: the next append
+                # under the lock cuts these bytes (PartitionLog._take_tail).
+                append_garbage(store, sorted(topics)[0], 0, random.Random(seed), 29)
+                if arm == "open":
+                    failpoints.set(name, action, k)
+    finally:
+        if held is not None:
+            try:
+                held.release()
+            except Exception as e:
+                errors += 1
+                log.write(op="api_error", step="close", **error_record(e))
     return errors
+
+
+def append_garbage(store, topic, partition, rng, n=37):
+    """Append n bytes of a half-written batch to the partition's active segment."""
+    d = os.path.join(store, "%s-%d" % (topic, partition))
+    last = sorted(f for f in os.listdir(d) if f.endswith(".log"))[-1]
+    with open(os.path.join(d, last), "ab") as f:
+        f.write(bytes(rng.getrandbits(8) for _ in range(n)))
 
 
 def recover(store, topics):

@@ -1,0 +1,4 @@
+"""python -m pylog: the pylog command (see pylog.cli)."""
+from .cli import main
+
+raise SystemExit(main())
