@@ -161,15 +161,26 @@ def _lz4_frame(data):
     return b"".join(out)
 
 
+def _skip_skippable(data, pos):
+    """Position after any skippable frames at pos (lz4 and zstd share them:
+    magic 0x184D2A5?, then an int32 LE size), and the magic found there."""
+    while True:
+        (magic,) = struct.unpack_from("<I", data, pos)
+        if magic & 0xFFFFFFF0 != 0x184D2A50:
+            return pos, magic
+        (size,) = struct.unpack_from("<I", data, pos + 4)
+        pos += 8 + size
+        if pos >= len(data):
+            return pos, None
+
+
 def _lz4_bound(data):
     """Most bytes the LZ4 frames in data can produce, from block headers alone."""
     pos, bound, n = 0, 0, len(data)
     while pos < n:
-        (magic,) = struct.unpack_from("<I", data, pos)
-        if magic & 0xFFFFFFF0 == 0x184D2A50:              # skippable frame
-            (size,) = struct.unpack_from("<I", data, pos + 4)
-            pos += 8 + size
-            continue
+        pos, magic = _skip_skippable(data, pos)
+        if magic is None:
+            break
         if magic != _LZ4_MAGIC:
             raise ValueError("bad lz4 frame magic 0x%08x" % magic)
         flg, bd = data[pos + 4], data[pos + 5]
@@ -202,11 +213,9 @@ def _zstd_bound(data):
     """Most bytes the zstd frames in data can produce, from block headers alone."""
     pos, bound, n = 0, 0, len(data)
     while pos < n:
-        (magic,) = struct.unpack_from("<I", data, pos)
-        if magic & 0xFFFFFFF0 == 0x184D2A50:              # skippable frame
-            (size,) = struct.unpack_from("<I", data, pos + 4)
-            pos += 8 + size
-            continue
+        pos, magic = _skip_skippable(data, pos)
+        if magic is None:
+            break
         if magic != _ZSTD_MAGIC:
             raise ValueError("bad zstd frame magic 0x%08x" % magic)
         fhd = data[pos + 4]
