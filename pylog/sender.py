@@ -14,7 +14,9 @@ non-empty: at most linger.ms before the call that produced them.
 Writers take the send lock and drain queues oldest record first, so each
 partition's batches are written in sequence order.
 """
+import bisect
 import collections
+import itertools
 import random
 import threading
 import time
@@ -183,14 +185,19 @@ class Sender:
             tq.sticky = (tq.sticky + random.randrange(1, tq.nparts)) % tq.nparts
 
     def _split_bare(self, topic, partition, values, ts0):
-        """_split for bare values: cut by count, and by bytes only where needed."""
-        out, step = [], self.batch_msgs
-        for i in range(0, len(values), step):
-            chunk = values[i:i + step] if len(values) > step else values
-            if sum(map(len, chunk)) + 24 * len(chunk) <= self.batch_bytes:
-                out.append(_Batch(topic, partition, chunk, ts0))
-            else:
-                out.extend(self._split(topic, partition, chunk, ts0))
+        """_split for bare values: cut at batch.num.messages and at batch.size,
+        finding the cuts with C-level running sums instead of a Python loop."""
+        ends = list(itertools.accumulate(len(v) + 24 for v in values))
+        out, start, base = [], 0, 0
+        n = len(values)
+        while start < n:
+            # the first record past batch.size bytes from start (at least one record)
+            stop = bisect.bisect_right(ends, base + self.batch_bytes, start + 1)
+            stop = min(max(stop, start + 1), start + self.batch_msgs, n)
+            out.append(_Batch(topic, partition, values[start:stop] if start or stop < n else values,
+                              ts0))
+            base = ends[stop - 1]
+            start = stop
         return out
 
     def _split(self, topic, partition, recs, ts0):

@@ -221,6 +221,10 @@ class Store:
 
     def topic(self, name):
         """{"partitions": n, "config": {...}} or None."""
+        try:
+            format.validate_topic(name)     # no such topic can exist (and LMDB refuses empty keys)
+        except KafkaException:
+            return None
         return self.meta.view(lambda txn: self.meta.get_topic(txn, name))
 
     def topics(self):
@@ -229,6 +233,7 @@ class Store:
     def ensure_topic(self, name):
         """The topic's descriptor, creating it with one partition if missing
         (a default Kafka broker's auto.create.topics.enable)."""
+        format.validate_topic(name)
         desc = self.topic(name)
         if desc is None:
             try:

@@ -234,7 +234,8 @@ def run_in_child(fn, *args, failpoints=None, kill_after=None, timeout=60.0, env=
     kill_after  seconds after which the child is SIGKILLed (None: never)
     timeout     seconds after which a still-running child is SIGKILLed and the
                 result says killed_by == "timeout" (None: wait forever); its
-                threads' stacks are printed to its stderr first
+                threads' stacks are printed to its stderr first (the child's
+                faulthandler answers SIGUSR1)
     env         extra environment variables for the child
     Returns a ChildResult; fn's exceptions come back in .error, not raised."""
     child = Child(fn, args, kwargs, failpoints, env)

@@ -25,6 +25,7 @@ draws one of the outcomes above per file.
 import json
 import os
 import random
+import struct
 
 from pylog import fsutil
 
@@ -115,11 +116,35 @@ def snapshot(store):
     return files, dirs
 
 
-def fsync_retries(records, before_sizes):
+def durable_sizes(store):
+    """{segment path: bytes the store itself vouches were fsynced}, from each
+    partition's .sync marker (segment base, position): segments before the
+    marker's were fsynced whole when they rolled, the marker's up to its
+    position, later ones not at all."""
+    out = {}
+    for d in sorted(os.listdir(store)):
+        pdir = os.path.join(os.path.abspath(store), d)
+        try:
+            with open(os.path.join(pdir, ".sync"), "rb") as f:
+                raw = f.read(17)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        base, pos = struct.unpack(">qq", raw[:16]) if len(raw) >= 16 else (-1, 0)
+        for name in os.listdir(pdir):
+            if not name.endswith(".log") or not name[:-4].isdigit():
+                continue
+            seg = int(name[:-4])
+            path = os.path.join(pdir, name)
+            out[path] = os.path.getsize(path) if seg < base else pos if seg == base else 0
+    return out
+
+
+def fsync_retries(records, durable_before):
     """Segment fsyncs that followed a failed one on the same file without
     the file first being cut back to what an earlier fsync made durable:
     after a failed fsync the kernel may have dropped the dirty pages, so a
-    later fsync that succeeds proves nothing about them (invariant 5)."""
+    later fsync that succeeds proves nothing about them (invariant 5).
+    durable_before: durable_sizes() taken before the process started."""
     good = {}                           # path -> size durable so far
     suspect = {}                        # path -> durable size when an fsync failed
     out = []
@@ -127,7 +152,7 @@ def fsync_retries(records, before_sizes):
         path = r.get("path") or ""
         if not path.endswith(".log"):
             continue
-        durable = good.get(path, before_sizes.get(path, 0))
+        durable = good.get(path, durable_before.get(path, 0))
         if r["op"] == "truncate":
             if path in suspect and r["size"] <= suspect[path]:
                 del suspect[path]
@@ -135,7 +160,8 @@ def fsync_retries(records, before_sizes):
             if path in suspect:
                 out.append(dict(r, durable_before_failure=suspect.pop(path)))
             elif not r.get("ok"):
-                suspect[path] = durable
+                if r.get("size") is None or r["size"] > durable:    # dirty pages at stake
+                    suspect[path] = durable
             elif r.get("size") is not None:
                 good[path] = r["size"]
     return out

@@ -307,6 +307,7 @@ def io_errors(trials, seed, root, opts):
                 shutil.copy(base.log("p", "base"), t.log("p", "base"))
                 _torn_tail(t.store, "a", 0, rng)
                 before = powerloss.snapshot(t.store)
+                durable = powerloss.durable_sizes(t.store)
                 proc = "io%d" % i
                 fsync_log = t.log("fsync", proc)
                 r = testing.run_in_child(workload.io_error_phase, t.store, proc, "tx-io", t.logs,
@@ -324,7 +325,7 @@ def io_errors(trials, seed, root, opts):
                                              "error": (r.error or "").strip().splitlines()[-2:]})
                 elif r.value:
                     out.note("cases with errors")
-                _judge_io(out, t, case, before)
+                _judge_io(out, t, case, durable)
                 records = powerloss.read_records(fsync_log)
                 powerloss.apply(t.store, records, before, rng, mode="truncate")
                 _finish(out, t, opts, tids=["tx-io"], topics=FP_TOPICS)
@@ -335,7 +336,7 @@ def io_errors(trials, seed, root, opts):
     return out
 
 
-def _judge_io(out, t, case, before):
+def _judge_io(out, t, case, durable):
     """Unclear errors (not a KafkaException) and fsyncs retried after a failure."""
     for path in t.producer_logs():
         for ev in workload_events(path):
@@ -344,7 +345,7 @@ def _judge_io(out, t, case, before):
                                                  "msg": ev.get("msg"), "where": ev.get("where")})
     for path in sorted(p for p in os.listdir(t.logs) if p.startswith("fsync-")):
         records = powerloss.read_records(os.path.join(t.logs, path))
-        for r in powerloss.fsync_retries(records, before[0]):
+        for r in powerloss.fsync_retries(records, durable):
             out.report.add("fsync-retried", {"case": case, "file": os.path.relpath(r["path"], t.store),
                                              "ok": r.get("ok"),
                                              "durable_before_failure": r["durable_before_failure"]})
