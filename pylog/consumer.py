@@ -104,6 +104,7 @@ class Consumer:
         self._rr = 0
         self._hot = None                            # the _Fetch poll() serves from first
         self._assigned_in_callback = False
+        self._revoked_now = set()                   # partitions revoked during this consume()
         self._closed = False
 
     # ---- assignment ----
@@ -204,6 +205,7 @@ class Consumer:
             self._commit_stored([tuple(p) for p in parts])
         for tp in parts:
             self._fetches.pop(tuple(tp), None)
+            self._revoked_now.add(tuple(tp))
         self._hot = None
 
     def _on_lost(self, parts):
@@ -214,6 +216,7 @@ class Consumer:
             cb(self, self._tplist(parts))
         for tp in parts:
             self._fetches.pop(tuple(tp), None)
+            self._revoked_now.add(tuple(tp))
         self._hot = None
 
     def _on_assign(self, parts, incremental):
@@ -454,6 +457,7 @@ class Consumer:
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         notifier = self._store.notifier
         out = []
+        self._revoked_now = set()
         while True:
             seen = notifier.seq()
             if self._stats.enabled:
@@ -463,6 +467,12 @@ class Consumer:
                 if self._member is not None:
                     self._member.step()
                 self._maybe_auto_commit()
+                if out and self._revoked_now:
+                    # a rebalance in this round revoked partitions whose records
+                    # an earlier round drained: they are someone else's now (or,
+                    # assigned back, will be fetched again from the committed offset)
+                    out = [m for m in out if m._error is not None or
+                           (m._topic, m._partition) not in self._revoked_now]
                 got = self._drain(n - len(out))
             out.extend(got)
             if len(out) >= n or any(m._error is not None for m in got):

@@ -114,17 +114,28 @@ class PartitionLog:
         self._last_sync = time.monotonic()
         self._since_checkpoint = 0
         self._lock_depth = 0
-        os.makedirs(path, exist_ok=True)
-        self._lock_fd = os.open(os.path.join(path, format.LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-        self._sync_fd = os.open(os.path.join(path, format.SYNC_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-        self._sync_mutex = threading.Lock()
-        with self.locked():
-            self._open_segments()
-            self._discard_after_failed_fsync()
-            self._start = self._read_start()
-            # After recovery nothing past the tail is vouched for (a reboot
-            # may have left a marker naming bytes that are gone).
-            self._write_sync_marker(self._segments[-1].base_offset, self._segments[-1].size, False)
+        self._lock_fd = self._sync_fd = None
+        try:
+            if not os.path.isdir(path):
+                os.makedirs(path, exist_ok=True)
+                # the store directory must name the new partition durably too
+                fsutil.fsync_dir(os.path.dirname(os.path.abspath(path)))
+            self._lock_fd = os.open(os.path.join(path, format.LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+            self._sync_fd = os.open(os.path.join(path, format.SYNC_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+            self._sync_mutex = threading.Lock()
+            with self.locked():
+                self._open_segments()
+                self._start = self._read_start()
+                # After recovery nothing past the tail is vouched for (a reboot
+                # may have left a marker naming bytes that are gone).
+                self._write_sync_marker(self._segments[-1].base_offset, self._segments[-1].size, False)
+        except OSError as e:
+            for fd in (self._lock_fd, self._sync_fd):
+                if fd is not None:
+                    os.close(fd)
+            for seg in self._segments:
+                seg.close()
+            raise StorageError("cannot open partition %s: %s" % (path, e)) from e
 
     # ---- locking ----
     @contextmanager
@@ -164,6 +175,7 @@ class PartitionLog:
         self._bases = sorted(bases)
         self._segments = [Segment(self.path, b, self.config.index_interval_bytes)
                           for b in self._bases]
+        self._discard_after_failed_fsync()
         self._recover()
 
     def _recover(self):
@@ -187,7 +199,14 @@ class PartitionLog:
                 break
         # Validated bytes may still sit only in the page cache (the process
         # died, the machine did not): make them durable before vouching.
-        self._segments[-1].sync()
+        try:
+            self._segments[-1].sync()
+        except StorageError:
+            # Never retried then vouched for (fsyncgate): the next open cuts
+            # back to what the recovery point covers.
+            if rp is not None:
+                self._write_sync_marker(rp[1], rp[2], True)
+            raise
         self._write_recovery_point(*self._tail_point())
 
     def _drop_segments_after(self, i):
@@ -202,22 +221,25 @@ class PartitionLog:
         """After a failed fsync the kernel may have marked unwritten pages
         clean, so bytes past the last successful fsync can read back fine and
         still be gone after a reboot.  None of them was acknowledged as
-        durable: cut the log back to the last successful fsync."""
+        durable: cut the files back to the last successful fsync before
+        anything is fsynced again (recovery then validates what is left)."""
         base, pos, failed = self._read_sync_marker()
         if not failed or base not in self._bases:
             return
         i = self._bases.index(base)
-        seg = self._segments[i]
-        offset = seg._offset_at(pos) if pos < seg.size else None
         log.warning("%s: an fsync failed earlier; discarding what was written after position %d "
                     "of segment %d", self.path, pos, base)
-        if offset is not None:
+        if i + 1 < len(self._segments):
             self._drop_segments_after(i)
-            seg.truncate_to(offset)
-        elif i + 1 < len(self._segments):
-            self._drop_segments_after(i)
-        seg.sync()
-        self._write_recovery_point(*self._tail_point())
+        seg = self._segments[i]
+        if os.fstat(seg.fd).st_size > pos:
+            os.ftruncate(seg.fd, pos)
+            seg.size = min(seg.size, pos)
+        # the recovery point may name bytes that are gone now: rescan from 0
+        try:
+            os.unlink(os.path.join(self.path, format.RECOVERY_POINT_FILE))
+        except FileNotFoundError:
+            pass
 
     def _tail_point(self):
         seg = self._segments[-1]
@@ -392,6 +414,15 @@ class PartitionLog:
                     "batch of %d bytes is larger than segment.bytes=%d" % (
                         found[0].size, self.config.segment_bytes)))
             infos.append(found[0])
+        try:
+            return self._append_locked(batches, infos, hook, sync)
+        except OSError as e:
+            # A roll, a recovery point or cutting a dead writer's tail failed:
+            # what is on disk is unknown, so this partition takes no more writes.
+            self._failed = "I/O error during an append: %s" % e
+            raise StorageError("partition %s: %s" % (self.path, self._failed)) from e
+
+    def _append_locked(self, batches, infos, hook, sync):
         with self.locked():
             self._check_writable()
             self.refresh()

@@ -30,6 +30,7 @@ TOPIC_CONFIG_DEFAULTS = {
 }
 MAX_PARTITIONS = 100000
 RETENTION_CHECK_S = 30          # Kafka's log.retention.check.interval.ms is 5 minutes
+ROLL_FORWARD_AFTER_MS = 1000    # a Prepare* this old has no owner finishing it
 
 
 class Partition:
@@ -196,6 +197,9 @@ class Store:
                     next_retention = time.monotonic() + RETENTION_CHECK_S
                     self.enforce_retention()
                 self._coordinator.abort_expired()
+                # a commit whose owner died after Prepare*: readers already
+                # running must see it decided without reopening the store
+                self._coordinator.recover(min_age_ms=ROLL_FORWARD_AFTER_MS)
             except Exception as e:             # keep watching; the next round retries
                 import logging
                 logging.getLogger("pylog.txn").warning("timeout check failed: %s", e)

@@ -337,11 +337,15 @@ class Coordinator:
         return None
 
     # ---- recovery and timeouts ----
-    def recover(self):
-        """Roll forward every Prepare* whose owner is not finishing it right now."""
+    def recover(self, min_age_ms=0):
+        """Roll forward every Prepare* whose owner is not finishing it right
+        now (and, with min_age_ms, that has waited at least that long: a live
+        owner completes its own on its next call)."""
         states = self.meta.view(self.meta.txn_ids)
+        now = _now_ms()
         for tid, st in states.items():
-            if st["state"] in (PREPARE_COMMIT, PREPARE_ABORT):
+            if st["state"] in (PREPARE_COMMIT, PREPARE_ABORT) and \
+                    now - st.get("update_ms", 0) >= min_age_ms:
                 with self._tid_lock(tid, blocking=False) as got:
                     if not got:
                         continue

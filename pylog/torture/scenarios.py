@@ -33,6 +33,7 @@ class Options:
         self.duration = 120.0           # scenario 6: seconds per trial
         self.producers = 3              # scenario 6
         self.copiers = 2
+        self.copier_strategy = None     # scenario 6: partition.assignment.strategy (None: eager)
         self.keep = False               # keep the directories of trials with anomalies
         self.verbose = False
         self.failpoints = None          # scenario 2: only these
@@ -501,7 +502,7 @@ def soak(trials, seed, root, opts):
                     return t.start(workload.copier, t.store, name, "copier-%d" % slot,
                                    t.log("p", name), t.log("c", name), "in", "out", seed=s,
                                    abort_ratio=0.3, stop_path=t.stop_path,
-                                   duration=opts.duration + 60)
+                                   duration=opts.duration + 60, strategy=opts.copier_strategy)
                 iso = "read_uncommitted" if slot == 2 else "read_committed"
                 return t.start(workload.reader, t.store, name, t.log("c", name), tps, iso,
                                stop_path=t.stop_path, timeout=opts.duration + 120)
@@ -530,7 +531,7 @@ def soak(trials, seed, root, opts):
             name = "cd"
             r = testing.run_in_child(workload.copier, t.store, name, "copier-drain", t.log("p", name),
                                      t.log("c", name), "in", "out", abort_ratio=0.0, drain=True,
-                                     timeout=120)
+                                     timeout=120, strategy=opts.copier_strategy)
             expect_ok(out, r, "drain copier")
             _log(opts, "  6: drained: %s" % r)
             _finish(out, t, opts, copies={("in", "out"): "c:"},

@@ -278,7 +278,7 @@ def reader(store, run, log_path, tps, isolation="read_committed", duration=None,
 
 def copier(store, proc, tid, prod_log, cons_log, src, dst, group="torture-copier", seed=0,
            abort_ratio=0.3, duration=None, stop_path=None, batch=20, txn_timeout_ms=5000,
-           drain=False, timeout=90.0, session_timeout_ms=2000):
+           drain=False, timeout=90.0, session_timeout_ms=2000, strategy=None):
     """Consume src (read_committed, a member of group), produce "c:" + value
     to the same partition of dst, and commit the input offsets in the same
     transaction; abort_ratio of the transactions are aborted and the input
@@ -288,13 +288,17 @@ def copier(store, proc, tid, prod_log, cons_log, src, dst, group="torture-copier
 
     The consumer log records a seek (position unknown, -1) for every
     partition assigned, revoked or lost: its next read starts wherever the
-    group's committed offset is."""
+    group's committed offset is.  strategy: partition.assignment.strategy
+    (None: librdkafka's default, eager)."""
     rng = random.Random(seed)
     plog, clog = JsonLog(prod_log), JsonLog(cons_log)
-    c = Consumer(conf_for(store, **{"group.id": group, "isolation.level": "read_committed",
-                                    "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                                    "session.timeout.ms": session_timeout_ms,
-                                    "heartbeat.interval.ms": max(session_timeout_ms // 10, 1)}))
+    conf = {"group.id": group, "isolation.level": "read_committed",
+            "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            "session.timeout.ms": session_timeout_ms,
+            "heartbeat.interval.ms": max(session_timeout_ms // 10, 1)}
+    if strategy:
+        conf["partition.assignment.strategy"] = strategy
+    c = Consumer(conf_for(store, **conf))
     owned = set()
 
     def moved(consumer, parts):
