@@ -467,12 +467,14 @@ class Consumer:
                 if self._member is not None:
                     self._member.step()
                 self._maybe_auto_commit()
-                if out and self._revoked_now:
+                if self._revoked_now:
                     # a rebalance in this round revoked partitions whose records
                     # an earlier round drained: they are someone else's now (or,
-                    # assigned back, will be fetched again from the committed offset)
+                    # assigned back, fetched again from the committed offset by
+                    # the drain below, whose records are kept)
                     out = [m for m in out if m._error is not None or
                            (m._topic, m._partition) not in self._revoked_now]
+                    self._revoked_now = set()
                 got = self._drain(n - len(out))
             out.extend(got)
             if len(out) >= n or any(m._error is not None for m in got):

@@ -267,10 +267,39 @@ def join_group_child(store, topic, seconds):
 
 @pytest.mark.parametrize("outcome", ["moved", "assigned-back"])
 def test_consume_returns_no_record_of_a_partition_revoked_during_the_call(tmp_path, outcome):
+    """Scenario 6 found duplicate copies: consume() returned records drained
+    before a rebalance in the same call revoked their partition."""
+    a, b, msgs, revoked = _rebalance_during_consume(tmp_path, outcome)
+    try:
+        assert revoked, "no rebalance during the call"
+        owned = {(tp.topic, tp.partition) for tp in a.assignment()}
+        returned = [(m.partition(), m.offset()) for m in msgs]
+        assert [r for r in returned if ("g", r[0]) not in owned] == []
+        assert len(returned) == len(set(returned)), returned
+    finally:
+        a.close()
+        b.wait(20)
+
+
+def test_partition_assigned_back_during_consume_loses_no_record(tmp_path):
+    a, b, msgs, revoked = _rebalance_during_consume(tmp_path, "assigned-back")
+    try:
+        assert revoked, "no rebalance during the call"
+        msgs += [m for m in a.consume(100, 0.5) if m.error() is None]  # B is still a member
+        assert sorted(m.offset() for m in msgs if m.partition() == 1) == [0, 1, 2, 3, 4]
+    finally:
+        a.close()
+        b.wait(20)
+
+
+def _rebalance_during_consume(tmp_path, outcome):
+    """A consumer drains 5 records of its partition in consume(100, 3.0),
+    then a second member joins during that call.  One partition: the new
+    member (sorting first) takes it.  Two: the new member takes partition 0
+    and this consumer gets partition 1, which it was reading, back at once
+    (eager protocol).  Returns (consumer, other member, records, revoked)."""
     from pylog import Consumer, Producer
     store = str(tmp_path / "store")
-    # One partition: the new member (sorting first) takes it.  Two: it takes
-    # partition 0 and this consumer gets partition 1, which it was reading, back.
     nparts = 1 if outcome == "moved" else 2
     workload.create_topics(store, {"g": nparts})
     revoked = []
@@ -278,27 +307,19 @@ def test_consume_returns_no_record_of_a_partition_revoked_during_the_call(tmp_pa
                   "group.instance.id": "z-member", "session.timeout.ms": 6000,
                   "heartbeat.interval.ms": 100, "auto.offset.reset": "earliest",
                   "enable.auto.commit": False})
-    try:
-        a.subscribe(["g"], on_revoke=lambda c, parts: revoked.extend(parts))
-        deadline = time.monotonic() + 10
-        while len(a.assignment()) < nparts and time.monotonic() < deadline:
-            a.consume(1, 0.1)
-        assert len(a.assignment()) == nparts, "never assigned"
-        p = Producer({"bootstrap.servers": "file://" + store})
-        for i in range(5):
-            p.produce("g", value=b"%d" % i, partition=nparts - 1)
-        p.flush(10)
-        p.close()
-        b = testing.start_child(join_group_child, store, "g", 4.0)
-        msgs = [m for m in a.consume(100, 3.0) if m.error() is None]   # 5 records, then B joins
-        assert revoked, "no rebalance during the call"
-        owned = {(tp.topic, tp.partition) for tp in a.assignment()}
-        returned = [(m.partition(), m.offset()) for m in msgs]
-        assert [r for r in returned if ("g", r[0]) not in owned] == []
-        assert len(returned) == len(set(returned)), returned
-        b.wait(20)
-    finally:
-        a.close()
+    a.subscribe(["g"], on_revoke=lambda c, parts: revoked.extend(parts))
+    deadline = time.monotonic() + 10
+    while len(a.assignment()) < nparts and time.monotonic() < deadline:
+        a.consume(1, 0.1)
+    assert len(a.assignment()) == nparts, "never assigned"
+    p = Producer({"bootstrap.servers": "file://" + store})
+    for i in range(5):
+        p.produce("g", value=b"%d" % i, partition=nparts - 1)
+    p.flush(10)
+    p.close()
+    b = testing.start_child(join_group_child, store, "g", 6.0)
+    msgs = [m for m in a.consume(100, 3.0) if m.error() is None]
+    return a, b, msgs, revoked
 
 
 def test_known_failing_cases_are_outside_the_ci_selection():
