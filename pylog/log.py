@@ -199,13 +199,16 @@ class PartitionLog:
                 break
         # Validated bytes may still sit only in the page cache (the process
         # died, the machine did not): make them durable before vouching.
+        synced = self._read_sync_marker()
         try:
             self._segments[-1].sync()
         except StorageError:
             # Never retried then vouched for (fsyncgate): the next open cuts
-            # back to what the recovery point covers.
-            if rp is not None:
-                self._write_sync_marker(rp[1], rp[2], True)
+            # back to the last successful fsync, which .sync records.  Not to
+            # the recovery point: a checkpoint, it may lag the last fsync by
+            # checkpoint.bytes or sit at 0, and cutting there would delete
+            # committed, durable records.
+            self._write_sync_marker(synced[0], synced[1], True)
             raise
         self._write_recovery_point(*self._tail_point())
 

@@ -115,6 +115,7 @@ def _failpoint_items(spec):
 def _child_main(conn, fn, args, kwargs, fps, env):
     import faulthandler
     faulthandler.register(signal.SIGUSR1, all_threads=True)    # see Child.wait
+    conn.send(("ready",))            # from now on SIGUSR1 prints stacks, not kills
     os.environ.update(env)
     _failpoints.clear()
     _failpoints._load_env()
@@ -154,6 +155,7 @@ class Child:
         child_conn.close()
         self.pid = self._proc.pid
         self._killed_by = None
+        self._ready = False
         self._reply = None
         self._result = None
 
@@ -172,7 +174,11 @@ class Child:
 
     def _dump_stacks(self):
         """Ask a child about to be killed for a timeout to print every
-        thread's stack to its stderr (faulthandler), so a hang can be read."""
+        thread's stack to its stderr (faulthandler), so a hang can be read.
+        Only once it said it is ready: before that SIGUSR1 would end it."""
+        self._drain()
+        if not self._ready:
+            return
         try:
             os.kill(self.pid, signal.SIGUSR1)
             self._proc.join(0.5)
@@ -182,7 +188,11 @@ class Child:
     def _drain(self):
         try:
             while self._reply is None and self._conn.poll():
-                self._reply = self._conn.recv()
+                msg = self._conn.recv()
+                if msg[0] == "ready":
+                    self._ready = True
+                else:
+                    self._reply = msg
         except (EOFError, OSError):
             pass
 

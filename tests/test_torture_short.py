@@ -1,6 +1,6 @@
 """A short run of every torture scenario (pylog.torture), asserting that the
-checker finds no anomaly, plus the bugs the full runs found, each as a
-strict xfail with its reproducer.
+checker finds no anomaly, plus a regression test for each bug the full runs
+found (a strict xfail while the bug is open).
 
 The full runs: python -m pylog.torture all  (see pylog/torture/__main__.py).
 CI sizes here: a few dozen trials altogether, seconds per scenario.
@@ -58,10 +58,10 @@ def test_scenario_3_power_loss(tmp_path):
     assert out.trials == 6
 
 
-# Cases that pass today; the failing ones are the xfail tests below: I/O errors
-# while opening (armed at "start") and in segment rolls (small segments).
-IO_CASES = dict(io_targets=("log.write", "fsync.before", "fsync.after"), io_arms=("open",),
-                io_segment_bytes=1 << 20)
+# Every target, small segments (I/O errors in rolls too), counted from once the
+# store is open: errors while opening are test_io_error_while_opening_* and
+# test_failed_recovery_fsync_* below.
+IO_CASES = dict(io_arms=("open",))
 
 
 def test_scenario_4_io_errors_on_the_data_path(tmp_path):
@@ -77,10 +77,9 @@ def test_scenario_5_kill_during_recovery(tmp_path):
 
 
 def test_scenario_6_soak_with_copier(tmp_path):
-    # One copier, cooperative-sticky: no live member ever has a partition
-    # revoked, which keeps clear of the consume()-during-rebalance bug below
-    # (the full run, two eager copiers, finds it as duplicate copies).
-    out = run(6, 1, tmp_path, producers=2, copiers=1, copier_strategy="cooperative-sticky")
+    # Two copiers of one group, eager rebalances on every kill and restart:
+    # what found the consume()-during-rebalance bugs below.
+    out = run(6, 1, tmp_path, producers=2, copiers=2)
     assert_clean(out)
     assert out.notes.get("kills", 0) >= 3
 
@@ -93,7 +92,7 @@ def test_command_line_prints_the_scoreboard(tmp_path, capsys):
     assert "| scenario" in text and "1 kill-9 transactions" in text and "none" in text
 
 
-# ---- bugs found by the full runs (each a strict xfail until fixed) ----
+# ---- regressions: the bugs the full runs found ----
 
 def open_partitions_child(store, topics):
     """Open every partition through a Consumer; the exception's class, or None."""
@@ -322,7 +321,27 @@ def _rebalance_during_consume(tmp_path, outcome):
     return a, b, msgs, revoked
 
 
-def test_known_failing_cases_are_outside_the_ci_selection():
-    """The CI run of scenario 4 leaves out exactly the targets with open bugs."""
-    assert set(scenarios.IO_TARGETS) - set(IO_CASES["io_targets"]) == {
-        "write", "rename", "truncate", "recovery.truncate"}
+def reopen_after_failed_recovery_fsync_reads_child(store):
+    """The recovery fsync fails once; then open again and read everything."""
+    from pylog import failpoints
+    failpoints.set("fsync.before", "eio", 1)
+    first = open_partitions_child(store, {"a": 1})
+    return first, [m.value() for m in testing.read_back(store, ["a"])]
+
+
+def test_failed_recovery_fsync_keeps_records_fsynced_before(store_with_data):
+    t = store_with_data                    # 3 transactions, fsync=never, closed cleanly
+    # What was committed, from the producer's log: opening the store to read
+    # it would move the recovery point and hide the bug.
+    before = [e["value"].encode() for e in workload_events(t.log("p", "base"))
+              if e.get("op") == "send"]
+    assert len(before) > 0
+    r = testing.run_in_child(reopen_after_failed_recovery_fsync_reads_child, t.store, timeout=60)
+    assert r.value[0] == "KafkaException:KAFKA_STORAGE_ERROR"
+    assert r.value[1] == before
+
+
+def test_ci_selection_of_io_errors_covers_every_target():
+    """The CI run of scenario 4 draws from every I/O failpoint."""
+    assert "io_targets" not in IO_CASES
+    assert set(scenarios.IO_TARGETS) <= set(testing.failpoint_names())
