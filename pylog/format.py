@@ -17,7 +17,11 @@
                                     was fsynced and validated, so recovery starts there
         log-start-offset            8-byte BE offset + CRC-32C: set by DeleteRecords or
                                     retention; reads below it are refused
+        cleaner-offset-checkpoint   8-byte BE offset + CRC-32C: where the last
+                                    compaction ended (what is dirty is after it)
         .lock                       flock()ed by whoever appends or recovers
+        .cleaner.lock               flock()ed by the one cleaner compacting the partition
+        <segment>.log.cleaned       a compacted copy being written (compaction.py)
         .sync                       group commit: (segment base, position) fsynced so
                                     far, and a flag set when an fsync failed
 """

@@ -3,9 +3,10 @@
 fsync and directory fsync are the steps the crash harness hooks (failpoints),
 so no other module calls os.fsync directly.
 """
+import logging
 import os
 
-from . import failpoints
+from . import _bridge, failpoints
 
 
 def fsync(fd, what="file"):
@@ -56,3 +57,22 @@ def pread_exact(fd, n, pos):
         n -= len(b)
         pos += len(b)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def read_offset_file(path, default=0):
+    """The offset in a small offset file (8-byte BE offset + CRC-32C of it),
+    default when the file is missing or damaged."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return default
+    if len(raw) != 12 or _bridge.crc32c(raw[:8]) != int.from_bytes(raw[8:], "big"):
+        logging.getLogger("pylog.log").warning("ignoring a damaged %s", path)
+        return default
+    return int.from_bytes(raw[:8], "big", signed=True)
+
+
+def write_offset_file(path, offset, durable=True):
+    body = offset.to_bytes(8, "big", signed=True)
+    write_atomic(path, body + _bridge.crc32c(body).to_bytes(4, "big"), durable)

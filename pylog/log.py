@@ -110,6 +110,8 @@ class PartitionLog:
         self._bases = []
         self._failed = None             # StorageError message once writes must stop
         self._start = 0                 # log start moved by delete_before (0: none)
+        self._start_stat = None         # (inode, mtime, size) of the log-start file read
+        self._retired = []              # (time, segment) replaced by compaction, still open
         self._unsynced = 0              # bytes written since the last fsync
         self._last_sync = time.monotonic()
         self._since_checkpoint = 0
@@ -284,15 +286,20 @@ class PartitionLog:
         return max(self._segments[0].base_offset, self._start)
 
     def _read_start(self):
+        return fsutil.read_offset_file(os.path.join(self.path, format.LOG_START_FILE))
+
+    def _start_moved(self):
+        """Whether the log-start file changed since we last read it: one
+        stat on the append and tail-read paths instead of an open and read."""
         try:
-            with open(os.path.join(self.path, format.LOG_START_FILE), "rb") as f:
-                raw = f.read()
+            st = os.stat(os.path.join(self.path, format.LOG_START_FILE))
         except FileNotFoundError:
-            return 0
-        if len(raw) != 12 or _bridge.crc32c(raw[:8]) != struct.unpack(">I", raw[8:])[0]:
-            log.warning("%s: ignoring a damaged %s", self.path, format.LOG_START_FILE)
-            return 0
-        return struct.unpack(">q", raw[:8])[0]
+            return False
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if key == self._start_stat:
+            return False
+        self._start_stat = key
+        return True
 
     def delete_before(self, offset):
         """Move the log start to offset (Kafka's DeleteRecords and retention):
@@ -303,9 +310,7 @@ class PartitionLog:
             offset = min(offset, self.next_offset)
             if offset <= self.log_start_offset:
                 return self.log_start_offset
-            body = struct.pack(">q", offset)
-            fsutil.write_atomic(os.path.join(self.path, format.LOG_START_FILE),
-                                body + struct.pack(">I", _bridge.crc32c(body)))
+            fsutil.write_offset_file(os.path.join(self.path, format.LOG_START_FILE), offset)
             self._start = offset
             while len(self._segments) > 1 and self._segments[1].base_offset <= offset:
                 seg = self._segments.pop(0)
@@ -315,6 +320,41 @@ class PartitionLog:
                 seg.delete()
             fsutil.fsync_dir(self.path)
             return self.log_start_offset
+
+    def replace_segment(self, base, cleaned_path, ino, end):
+        """Swap a compacted copy (same offsets base..end, fewer records) in for
+        closed segment base, if that segment is still the file (inode ino)
+        the copy was made from.  Returns whether it was swapped."""
+        with self.locked():
+            self._check_writable()
+            self.refresh()
+            i = bisect.bisect_left(self._bases, base)
+            old = self._segments[i] if i < len(self._bases) - 1 and self._bases[i] == base else None
+            if old is None or self._bases[i + 1] != end or os.stat(old.log_path).st_ino != ino:
+                os.unlink(cleaned_path)         # deleted by retention, or changed meanwhile
+                return False
+            old._ensure_index()                 # readers in flight keep a consistent view
+            # Index files first: hints rebuilt from the log, never left
+            # naming positions in a file they do not describe.
+            for p in (old.index_path, old.timeindex_path):
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+            failpoints.hit("compaction.swap")
+            os.replace(cleaned_path, old.log_path)
+            fsutil.fsync_dir(self.path)
+            new = Segment(self.path, base, self.config.index_interval_bytes)
+            new.next_offset = end              # its index is rebuilt on first use
+            self._segments[i] = new
+            # A reader may be between looking the old segment up and reading
+            # it: close it only once no read can still be that old.
+            now = time.monotonic()
+            keep = []
+            for t, seg in self._retired:
+                seg.close() if now - t > 60 else keep.append((t, seg))
+            self._retired = keep + [(now, old)]
+            return True
 
     def closed_segments(self):
         """Every segment but the active one, oldest first (retention candidates)."""
@@ -341,7 +381,7 @@ class PartitionLog:
         (a writer may be in the middle of it); with the lock held, such bytes
         can only come from a writer that died, and are cut off."""
         with self._mutex:
-            start = self._read_start()
+            start = self._read_start() if self._start_moved() else self._start
             if start > self._start:                 # another process deleted records
                 self._start = start
                 while len(self._segments) > 1 and self._segments[1].base_offset <= start:
@@ -720,7 +760,7 @@ class PartitionLog:
                         self.sync(force=True)
                         self._write_recovery_point(*self._tail_point())
             finally:
-                for seg in self._segments:
+                for seg in self._segments + [seg for _, seg in self._retired]:
                     seg.close()
                 os.close(self._lock_fd)
                 os.close(self._sync_fd)

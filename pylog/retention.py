@@ -9,8 +9,8 @@ Producer state is snapshotted first and never deleted with the segments
 (Kafka's KIP-360 lesson: a producer whose batches all expired must still be
 recognised).
 
-Compaction (cleanup.policy=compact) is not implemented yet: such topics
-keep every segment.
+Compaction (cleanup.policy=compact, or "compact,delete" for both) is in
+compaction.py.
 """
 import logging
 import time

@@ -26,6 +26,7 @@ TOPIC_CONFIG_DEFAULTS = {
     "cleanup.policy": "delete",
     "delete.retention.ms": 24 * 3600 * 1000,
     "min.compaction.lag.ms": 0,
+    "min.cleanable.dirty.ratio": 0.5,
     "message.timestamp.type": "CreateTime",
 }
 MAX_PARTITIONS = 100000
@@ -142,6 +143,7 @@ class Store:
         self._closed = False
         self._timer = None
         self._flusher = None
+        self._cleaner = None
 
     @property
     def coordinator(self):
@@ -196,6 +198,7 @@ class Store:
                 if time.monotonic() >= next_retention:
                     next_retention = time.monotonic() + RETENTION_CHECK_S
                     self.enforce_retention()
+                    self._start_cleaner()
                 self._coordinator.abort_expired()
                 # a commit whose owner died after Prepare*: readers already
                 # running must see it decided without reopening the store
@@ -287,16 +290,68 @@ class Store:
         from . import retention
         moved = {}
         for p in self.open_partitions():
-            desc = self.topic(p.topic)
-            if desc is None:
+            cfg = self._topic_config(p.topic)
+            if cfg is None:
                 continue
-            cfg = dict(TOPIC_CONFIG_DEFAULTS)
-            cfg.update(desc.get("config", {}))
             before = p.log.log_start_offset
             after = retention.enforce(p, cfg, now_ms)
             if after != before:
                 moved[(p.topic, p.partition)] = after
         return moved
+
+    def _topic_config(self, topic):
+        desc = self.topic(topic)
+        if desc is None:
+            return None
+        cfg = dict(TOPIC_CONFIG_DEFAULTS)
+        cfg.update(desc.get("config", {}))
+        return cfg
+
+    def compact(self, topic, partition=None):
+        """Compact a cleanup.policy=compact topic now, whatever its dirty
+        ratio: {partition: CompactionResult (None if another process's
+        cleaner was at work on it)}."""
+        from . import compaction
+        cfg = self._topic_config(topic)
+        if cfg is None:
+            raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, "Unknown topic %r" % topic))
+        if "compact" not in cfg["cleanup.policy"]:
+            raise KafkaException(KafkaError(
+                KafkaError.INVALID_CONFIG, "topic %r has cleanup.policy=%s, not compact"
+                % (topic, cfg["cleanup.policy"])))
+        parts = range(self.topic(topic)["partitions"]) if partition is None else [partition]
+        return {i: compaction.compact(self.partition(topic, i), cfg, stop=lambda: self._closed)
+                for i in parts}
+
+    def enforce_compaction(self, now_ms=None):
+        """Compact the open partitions of compacted topics whose dirty share
+        reached min.cleanable.dirty.ratio (the cleaner thread's round)."""
+        from . import compaction
+        done = {}
+        for p in self.open_partitions():
+            cfg = self._topic_config(p.topic)
+            if self._closed:
+                break
+            if cfg is None or "compact" not in cfg["cleanup.policy"]:
+                continue
+            r = compaction.compact(p, cfg, now_ms, float(cfg["min.cleanable.dirty.ratio"]),
+                                   stop=lambda: self._closed)
+            if r is not None and r.segments:
+                done[(p.topic, p.partition)] = r
+        return done
+
+    def _start_cleaner(self):
+        if self._cleaner is not None and self._cleaner.is_alive():
+            return                      # a long compaction is still running
+
+        def run():
+            try:
+                self.enforce_compaction()
+            except Exception as e:      # the next round retries
+                import logging
+                logging.getLogger("pylog.compaction").warning("compaction failed: %s", e)
+        self._cleaner = threading.Thread(target=run, daemon=True, name="pylog-cleaner")
+        self._cleaner.start()
 
     def delete_records(self, topic, partition, offset):
         """Kafka's DeleteRecords: move the log start (never beyond the LSO)."""
@@ -310,6 +365,8 @@ class Store:
 
     def close(self):
         self._closed = True
+        if self._cleaner is not None:
+            self._cleaner.join()        # it stops at the next batch
         with self._lock:
             parts, self._partitions = list(self._partitions.values()), {}
         errors = []
@@ -343,6 +400,14 @@ def validate_topic_config(config):
             if v < (-1 if k == "retention.bytes" or k == "retention.ms" else 0):
                 raise KafkaException(KafkaError(KafkaError.INVALID_CONFIG,
                                                 "Invalid value %r for topic config %s" % (v, k)))
+        elif isinstance(default, float):
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                v = -1.0
+            if not 0.0 <= v <= 1.0:
+                raise KafkaException(KafkaError(KafkaError.INVALID_CONFIG,
+                                                "Invalid value %r for topic config %s" % (config[k], k)))
         elif k == "cleanup.policy" and v not in ("delete", "compact", "compact,delete", "delete,compact"):
             raise KafkaException(KafkaError(KafkaError.INVALID_CONFIG,
                                             "Invalid value %r for cleanup.policy" % (v,)))
