@@ -28,7 +28,9 @@ committed or aborted, never left open.
 Durability: the environment is opened with metasync off, so each commit costs
 one fdatasync and a system crash can at worst undo the last commit, never
 corrupt the tree.  Everything undone that way is also in the logs (producer
-state, aborted index) or was not yet acknowledged.
+state, aborted index) or was not yet acknowledged, except what update(...,
+durable=True) writes: that flushes the meta page too (one more fdatasync),
+for a commit point that a caller is told has happened.
 """
 import json
 import os
@@ -38,6 +40,7 @@ from contextlib import contextmanager
 
 import lmdb
 
+from . import failpoints
 from .errors import KafkaError, KafkaException
 
 _DBS = (b"topics", b"counters", b"pstate", b"partitions", b"txn_open", b"aborted",
@@ -251,11 +254,14 @@ class Meta:
         _release_env(self.path, self._e)
 
     # ---- transactions ----
-    def update(self, fn):
+    def update(self, fn, durable=False):
         """Run fn(txn) in a write transaction and commit; returns fn's result.
 
         fn may run more than once (after a map resize), so it must only act
-        through txn."""
+        through txn.  durable: also flush the meta page before returning.
+        A commit alone leaves it in the page cache (metasync off), so a
+        system crash may undo that commit; a commit point that is
+        acknowledged (a transaction's Prepare*) must not be undone."""
         for _ in range(64):
             e = self._shared()
             with e.gate.shared():
@@ -266,7 +272,12 @@ class Meta:
                 else:
                     try:
                         result = fn(txn)
+                        failpoints.hit("meta.commit.before")
                         txn.commit()
+                        failpoints.hit("meta.commit.after")
+                        if durable and self.sync:
+                            e.env.sync(True)
+                            failpoints.hit("meta.durable.after")
                         return result
                     except lmdb.MapFullError:
                         txn.abort()

@@ -382,6 +382,8 @@ class Producer:
                                                self._producer_epoch)
             except KafkaException:
                 pass                            # fenced meanwhile: nothing of ours to finish
+        if self._txn is not None:
+            self._txn.close()
         self._closed = True
         self._update_fast_path()
         self._sender.wake.set()

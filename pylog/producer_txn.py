@@ -4,6 +4,8 @@ States follow librdkafka: Init (before init_transactions), Ready, InTransaction,
 AbortableError (abort_transaction, rewind, begin again) and FatalError
 (fenced: the producer is done).
 """
+from concurrent.futures import ThreadPoolExecutor
+
 from .errors import KafkaError, KafkaException
 
 INIT, READY, IN_TXN, ABORTABLE, FATAL = "Init", "Ready", "InTransaction", "AbortableError", "FatalError"
@@ -22,7 +24,8 @@ class ProducerTxn:
         self.state = INIT
         self.added = set()
         self.error = None
-        self.marked = []            # partitions whose markers of our last commit/abort are unsynced
+        self._pending = None        # Future: the fsync of our last commit/abort's markers
+        self._pool = None
 
     def not_in_txn(self, what):
         return KafkaException(KafkaError(KafkaError._STATE, "%s() is not allowed in state %s: "
@@ -51,18 +54,37 @@ class ProducerTxn:
                 txn_requires_abort=True))
 
     def sync_markers(self):
-        """Make our last transaction's markers durable.  The coordinator
-        records Complete* on our next call; after that nothing would write a
-        lost marker again, so it must be on disk first."""
-        for topic, partition in self.marked:
-            self.p._store.partition(topic, partition).log.sync(force=True)
-        self.marked = []
+        """Wait until our last transaction's markers are durable.  The
+        coordinator records Complete* on our next call; after that nothing
+        would write a lost marker again, so it must be on disk first.  An
+        fsync error is raised here, on every call: the markers are not safe."""
+        f = self._pending
+        if f is not None:
+            f.result()
+            self._pending = None
+
+    def _sync_markers_later(self, parts):
+        """fsync the partitions holding our markers on a worker thread: the
+        application's work until its next transactional call overlaps it,
+        instead of commit_transaction() paying one more fsync."""
+        if not parts:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="pylog-markers")
+        store = self.p._store
+        self._pending = self._pool.submit(
+            lambda: [store.partition(t, p).log.sync(force=True) for t, p in parts])
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def call(self, fn):
         """Run a coordinator call (after syncing our previous markers);
         fencing makes the producer fatal."""
         p = self.p
-        if self.marked:
+        if self._pending is not None:
             self.sync_markers()
         try:
             return fn(self.coord, p._producer_id, p._producer_epoch)
@@ -91,7 +113,7 @@ class ProducerTxn:
     def end(self, commit):
         p = self.p
         pid, epoch = self.call(lambda c, pid, ep: c.end_txn(p._transactional_id, pid, ep, commit))
-        self.marked = list(self.added)
+        self._sync_markers_later(list(self.added))
         # KIP-890: every end bumps the epoch (and at the int16 limit the
         # coordinator hands out a new producer id).
         p._producer_id, p._producer_epoch = pid, epoch

@@ -7,7 +7,8 @@ State per transactional.id (meta.txns, JSON):
 
 Transitions (Kafka's): Empty|Complete* -> Ongoing -> Prepare* -> Complete*.
 
-The commit point is the durable Prepare* record (LMDB commit with fsync),
+The commit point is the durable Prepare* record (an LMDB commit whose meta
+page is flushed too: Meta.update(durable=True)),
 written after the transaction's data is durable and before any marker; a
 commit's offsets are materialised in the same LMDB transaction, since the
 outcome is decided there.  Markers then go to every partition, and
@@ -37,6 +38,7 @@ import threading
 import time
 from contextlib import contextmanager
 
+from . import failpoints
 from .codec import control_batch
 from .errors import KafkaError, KafkaException
 from .meta import pkey
@@ -135,6 +137,7 @@ class Coordinator:
                       "start_ms": -1, "update_ms": _now_ms()}
                 self.meta.put_txn(txn, tid, st)
                 return pid, epoch
+            failpoints.hit("txn.init.before")
             return self.meta.update(bump)
 
     # ---- AddPartitionsToTxn / AddOffsetsToTxn ----
@@ -177,6 +180,7 @@ class Coordinator:
             self.meta.put_txn(txn, tid, st)
         with self._tid_lock(tid):
             self.meta.update(add)
+            failpoints.hit("txn.add_partitions.after")
 
     def add_offsets(self, tid, pid, epoch, group, offsets, generation=-1, member_id=""):
         """Stage the group's offsets in the transaction: visible iff it commits.
@@ -202,6 +206,7 @@ class Coordinator:
             self.meta.put_txn(txn, tid, st)
         with self._tid_lock(tid):
             self.meta.update(add)
+            failpoints.hit("txn.add_offsets.after")
 
     def finish(self, tid, pid, epoch):
         """Record Complete* for the owner's last transaction (on close)."""
@@ -267,7 +272,7 @@ class Coordinator:
             return st
         from . import failpoints
         failpoints.hit("txn.prepare.before")
-        st = self.meta.update(prepare)
+        st = self.meta.update(prepare, durable=True)
         failpoints.hit("txn.prepare.after")
         return st
 
@@ -301,6 +306,7 @@ class Coordinator:
                     or cur["state"] != st["state"]:
                 return                              # someone else completed it
             self.meta.put_txn(txn, tid, self._owned(tid, cur, pid, epoch))
+        failpoints.hit("txn.complete.before")
         self.meta.update(complete)
         failpoints.hit("txn.complete.after")
 

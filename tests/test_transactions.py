@@ -1002,3 +1002,32 @@ def test_offsets_pending_in_another_process_are_unstable(tmp_path):
             assert tp.error is None and tp.offset == 9
     finally:
         c.close()
+
+
+def test_the_commit_point_is_flushed_before_commit_returns(tmp_path):
+    """LMDB runs with metasync off: a plain commit's meta page may still be in
+    the page cache when it returns, and a system crash would undo it.  The
+    Prepare* record is what commit_transaction() reports as done, so its
+    meta page is flushed before the call returns (and only that commit pays)."""
+    from pylog import failpoints
+    conf = conf_for(tmp_path)
+    create_topics(conf, {"a": 1, "b": 1})
+    p = Producer({**conf, "transactional.id": "durable-prepare", "linger.ms": 0})
+    p.init_transactions()
+    failpoints.set("meta.durable.after", "sleep:0")
+    try:
+        for i in range(3):
+            p.begin_transaction()
+            p.produce("a", value=b"%d" % i)
+            p.produce("b", value=b"%d" % i)
+            p.flush()
+            assert failpoints.hits("meta.durable.after") == i      # adding partitions: not flushed
+            p.commit_transaction()
+            assert failpoints.hits("meta.durable.after") == i + 1
+        p.begin_transaction()
+        p.produce("a", value=b"gone")
+        p.abort_transaction()
+        assert failpoints.hits("meta.durable.after") == 4
+    finally:
+        failpoints.clear("meta.durable.after")
+        p.close()
