@@ -78,7 +78,9 @@ class Producer:
         self._producer_id, self._producer_epoch = -1, -1
         if self._idempotent and self._transactional_id is None:
             meta = self._store.meta
-            self._producer_id = meta.update(meta.next_producer_id)
+            # durable: a power loss must not hand this id out again (a second
+            # producer at epoch 0, sequence 0 would look like our duplicate)
+            self._producer_id = meta.update(meta.next_producer_id, durable=True)
             self._producer_epoch = 0
         self._queues = {}                         # topic -> TopicQueue
         self._txn = None

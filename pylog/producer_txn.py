@@ -6,6 +6,7 @@ AbortableError (abort_transaction, rewind, begin again) and FatalError
 """
 from concurrent.futures import ThreadPoolExecutor
 
+from . import failpoints
 from .errors import KafkaError, KafkaException
 
 INIT, READY, IN_TXN, ABORTABLE, FATAL = "Init", "Ready", "InTransaction", "AbortableError", "FatalError"
@@ -72,8 +73,12 @@ class ProducerTxn:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="pylog-markers")
         store = self.p._store
-        self._pending = self._pool.submit(
-            lambda: [store.partition(t, p).log.sync(force=True) for t, p in parts])
+
+        def sync():
+            failpoints.hit("txn.markers.sync.before")
+            for topic, partition in parts:
+                store.partition(topic, partition).log.sync(force=True)
+        self._pending = self._pool.submit(sync)
 
     def close(self):
         if self._pool is not None:

@@ -144,6 +144,8 @@ class Store:
         self._timer = None
         self._flusher = None
         self._cleaner = None
+        self._opening_coordinator = False
+        self._bare = None
 
     @property
     def coordinator(self):
@@ -153,15 +155,31 @@ class Store:
         if self._coordinator is None:
             with self._lock:
                 if self._coordinator is None:
-                    from .txn import Coordinator
-                    c = Coordinator(self)
-                    c.recover()
-                    c.abort_expired()
+                    c = self._bare_coordinator()
+                    self._opening_coordinator = True     # partitions opened meanwhile: below
+                    try:
+                        c.recover()
+                        c.abort_expired()
+                    finally:
+                        self._opening_coordinator = False
                     self._coordinator = c
                     self._timer = threading.Thread(target=self._timer_loop, daemon=True,
                                                    name="pylog-txn-timeout")
                     self._timer.start()
+                    for p in self.open_partitions():
+                        if p.state.open_txns:
+                            c.abort_orphans(p)
         return self._coordinator
+
+    def _bare_coordinator(self):
+        """The coordinator object without its start-up work (roll-forward,
+        timeouts, timer): what judging a partition's open transactions needs.
+        The same object becomes self.coordinator, so they share locks."""
+        with self._lock:
+            if self._bare is None:
+                from .txn import Coordinator
+                self._bare = Coordinator(self)
+            return self._bare
 
     def start_flusher(self):
         """pylog.fsync=interval: fsync partitions with bytes older than the
@@ -199,6 +217,9 @@ class Store:
                     next_retention = time.monotonic() + RETENTION_CHECK_S
                     self.enforce_retention()
                     self._start_cleaner()
+                    for p in self.open_partitions():
+                        if p.state.open_txns:
+                            self._coordinator.abort_orphans(p)
                 self._coordinator.abort_expired()
                 # a commit whose owner died after Prepare*: readers already
                 # running must see it decided without reopening the store
@@ -268,18 +289,23 @@ class Store:
             return p
         with self._lock:
             p = self._partitions.get(key)
-            if p is None:
-                desc = self.topic(topic)
-                if desc is None:
-                    raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART,
-                                                    "Unknown topic %r" % topic))
-                if not isinstance(partition, int) or not 0 <= partition < desc["partitions"]:
-                    raise KafkaException(KafkaError(
-                        KafkaError._UNKNOWN_PARTITION,
-                        "Topic %r has partitions 0..%d, not %r" % (topic, desc["partitions"] - 1, partition)))
-                p = Partition(self, topic, partition, self.log_config(desc), self.expiration_ms)
-                self._partitions[key] = p
-            return p
+            if p is not None:
+                return p
+            desc = self.topic(topic)
+            if desc is None:
+                raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART,
+                                                "Unknown topic %r" % topic))
+            if not isinstance(partition, int) or not 0 <= partition < desc["partitions"]:
+                raise KafkaException(KafkaError(
+                    KafkaError._UNKNOWN_PARTITION,
+                    "Topic %r has partitions 0..%d, not %r" % (topic, desc["partitions"] - 1, partition)))
+            p = Partition(self, topic, partition, self.log_config(desc), self.expiration_ms)
+            self._partitions[key] = p
+        if p.state.open_txns and not self._opening_coordinator:
+            # Outside the store lock: the coordinator takes transactional.id
+            # locks, and its own code opens partitions while holding one.
+            self._bare_coordinator().abort_orphans(p)
+        return p
 
     def open_partitions(self):
         return list(self._partitions.values())

@@ -138,7 +138,9 @@ class Coordinator:
                 self.meta.put_txn(txn, tid, st)
                 return pid, epoch
             failpoints.hit("txn.init.before")
-            return self.meta.update(bump)
+            # durable: undone by a power loss, the same (id, epoch) would be
+            # handed out again and its batches taken for the old session's
+            return self.meta.update(bump, durable=True)
 
     # ---- AddPartitionsToTxn / AddOffsetsToTxn ----
     def _owned(self, tid, st, pid, epoch):
@@ -318,6 +320,62 @@ class Coordinator:
         with part.log._mutex:
             e = part.state.entries.get(pid)
             return (e is not None and e.producer_epoch >= epoch and pid not in part.state.open_txns)
+
+    # ---- hanging transactions ----
+    def abort_orphans(self, part):
+        """Abort the open transactions in part that no coordinator state
+        accounts for; returns how many.
+
+        Adding a partition commits to LMDB without flushing its meta page, so
+        a system crash can undo the registration while the transaction's data,
+        fsynced later, survives.  Nothing would then ever end that
+        transaction (its coordinator does not know the partition) and the
+        LSO would stay there for good.  An open transaction is accounted for
+        when its transactional.id's state is Ongoing at the data's producer id
+        and epoch and lists the partition, or Prepare* for it (the roll-forward
+        writes the marker).  Judged under the id's lock, after catching up
+        with the log, so a live owner is never mid-way through a change."""
+        with part.log._mutex:
+            candidates = dict(part.state.open_txns)
+        aborted = 0
+        for pid, first in candidates.items():
+            tid = self.meta.view(lambda txn: self.meta.get_pid_owner(txn, pid))
+            if tid is None:
+                continue                # not handed out by a coordinator: not ours to judge
+            with self._tid_lock(tid, blocking=False) as got:
+                if not got:
+                    continue            # busy (maybe this thread): the timer asks again
+                st = self.meta.view(lambda txn: self._get(txn, tid))
+                part.refresh()
+                with part.log._mutex:
+                    e = part.state.entries.get(pid)
+                    if part.state.open_txns.get(pid) != first or e is None:
+                        continue        # ended meanwhile
+                    epoch = e.producer_epoch
+                if self._accounts_for(st, pid, epoch, part):
+                    continue
+                if st is not None and st["producer_id"] == pid:
+                    epoch = max(epoch, st["producer_epoch"])
+                log.warning("%s-%d: aborting the transaction of producer %d (transactional.id %r) "
+                            "open since offset %d: its coordinator state no longer lists the "
+                            "partition (state %s)", part.topic, part.partition, pid, tid, first,
+                            st and st["state"])
+                marker = control_batch(pid, epoch, False, COORDINATOR_EPOCH, _now_ms())
+                res = part.append([marker], sync="never")[0]
+                if res.error is not None:
+                    raise KafkaException(res.error)
+                aborted += 1
+        return aborted
+
+    @staticmethod
+    def _accounts_for(st, pid, epoch, part):
+        if st is None or [part.topic, part.partition] not in st["partitions"]:
+            return False
+        if st["state"] == ONGOING:
+            return st["producer_id"] == pid and st["producer_epoch"] == epoch
+        if st["state"] in (PREPARE_COMMIT, PREPARE_ABORT):
+            return st["producer_id"] == pid and st["producer_epoch"] == epoch + 1
+        return False
 
     # ---- KIP-890 part 1: partitions check transactional writes ----
     def verify_write(self, producer_id, epoch, topic, partition):

@@ -618,7 +618,9 @@ def test_committed_transaction_survives_a_power_cut_right_after_commit(tmp_path)
     create_topics(conf, {"a": 1})
     script = DURABLE_OWNER.split("p.begin_transaction()                   #")[0] + \
         "os.kill(os.getpid(), signal.SIGKILL)\n"
-    r = run_python(script, tmp_path)
+    # The markers' fsync runs on a worker thread after commit returns: hold it
+    # back so the kill finds the marker unsynced.
+    r = run_python(script, tmp_path, env={"PYLOG_FAILPOINTS": "txn.markers.sync.before=sleep:10000"})
     assert r.returncode == -signal.SIGKILL, r.stderr.decode()
     assert lose_unsynced_bytes(tmp_path, "a", 0) > 0           # the marker was not fsynced
     assert values_of(read_all(conf, [("a", 0)])) == [b"a-0", b"a-1", b"a-2"]
@@ -1031,3 +1033,49 @@ def test_the_commit_point_is_flushed_before_commit_returns(tmp_path):
     finally:
         failpoints.clear("meta.durable.after")
         p.close()
+
+
+def _lso_and_hw_in_a_fresh_process(store_dir, topic, partition):
+    from pylog.store import Store
+    s = Store.acquire(store_dir)
+    try:
+        part = s.partition(topic, partition)
+        return part.last_stable_offset(), part.high_watermark
+    finally:
+        s.release()
+
+
+def test_a_transaction_whose_registration_was_lost_is_aborted_not_left_hanging(tmp_path):
+    """A system crash can undo the LMDB commit that added a partition while
+    the data written there survives.  Opening the partition must find that
+    transaction, which its coordinator no longer lists, and abort it (else the
+    LSO stays put forever); a transaction its coordinator does list stays."""
+    from pylog import testing
+    conf = conf_for(tmp_path)
+    create_topics(conf, {"t": 2})
+    owner = RemoteProducer({**conf, "transactional.id": "lost"})
+    try:
+        owner.init_transactions()
+        owner.begin_transaction()
+        for p in (0, 1):
+            owner.produce("t", value=b"undecided-%d" % p, partition=p)
+        owner.flush()
+        s = Store.acquire(str(tmp_path))
+        try:
+            def forget_t1(txn):             # what undoing the registration leaves
+                st = s.meta.get_txn(txn, "lost")
+                st["partitions"] = [tp for tp in st["partitions"] if tp != ["t", 1]]
+                s.meta.put_txn(txn, "lost", st)
+            s.meta.update(forget_t1)
+        finally:
+            s.release()
+    finally:
+        owner.kill()
+    r = testing.run_in_child(_lso_and_hw_in_a_fresh_process, str(tmp_path), "t", 1, timeout=60)
+    assert r.ok, r.error
+    assert r.value == (2, 2)                # data at 0, the ABORT marker at 1
+    r = testing.run_in_child(_lso_and_hw_in_a_fresh_process, str(tmp_path), "t", 0, timeout=60)
+    assert r.ok, r.error
+    assert r.value == (0, 1)                # listed and Ongoing: left to its timeout
+    assert read_all(conf, [("t", 1)]) == []
+    assert values_of(read_all(conf, [("t", 1)], isolation="read_uncommitted")) == [b"undecided-1"]
