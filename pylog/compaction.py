@@ -49,6 +49,7 @@ log = logging.getLogger("pylog.compaction")
 CLEANED_SUFFIX = ".cleaned"
 CHECKPOINT_FILE = "cleaner-offset-checkpoint"   # offset + CRC-32C: where the last run ended
 _FLUSH_BYTES = 8 << 20
+_CHUNK = 8 << 20                # bytes read at a time
 
 
 class CompactionResult:
@@ -122,13 +123,17 @@ def compact(partition, config, now_ms=None, min_dirty_ratio=None, stop=None):
         aborted = _AbortedIndex(partition, segments[0][0].base_offset, end)
         cleaner = _Cleaner(lg, aborted, now_ms - int(config.get("delete.retention.ms", 86400000)))
         readable = []
-        for seg, seg_end in segments:
-            reader = cleaner.open(seg, seg_end)
-            if reader is None:          # damaged: leave it to verify/recovery
-                break
-            readable.append(reader)
-            cleaner.learn(reader)
         try:
+            for seg, seg_end in segments:
+                reader = _SegmentReader(lg, seg, seg_end)
+                try:
+                    cleaner.learn(reader)
+                except _Damaged as e:   # leave it (and what follows) to verify/recovery
+                    log.warning("%s: not compacting a segment that does not validate: %s",
+                                reader.seg.log_path, e)
+                    reader.close()
+                    break
+                readable.append(reader)
             for reader in readable:
                 if stop is not None and stop():
                     return result
@@ -169,18 +174,52 @@ class _AbortedIndex:
         return i >= 0 and ranges[i][0] <= bi.base_offset <= ranges[i][1]
 
 
+class _Damaged(Exception):
+    pass
+
+
+def _walk(read, size, base, end, max_batch_size):
+    """Yield (header with position 0, bytes) of every batch in a segment file of
+    size bytes, checking CRCs and contiguous offsets from base to end; raise
+    _Damaged at the first batch that does not pass.  Streams in chunks: a
+    segment can hold millions of small batches."""
+    pos, expect, want = 0, base, _CHUNK
+    while pos < size:
+        chunk = read(pos, min(want, size - pos))
+        infos, valid, rc = _bridge.scan(chunk, max_batch_size, True, expect)
+        for bi in infos:
+            data = chunk[bi.position:bi.position + bi.size]
+            bi.position = 0
+            yield bi, data
+        if infos:
+            expect = infos[-1].next_offset
+        pos += valid
+        want = _CHUNK
+        if rc == 0:
+            continue
+        if rc == _bridge.lib.PL_ETORN and valid < len(chunk) and pos + 12 <= size:
+            # a batch across the chunk's end: read from its start, all of it
+            want = max(_CHUNK, int.from_bytes(chunk[valid + 8:valid + 12], "big") + 12)
+            if pos + want <= size and (valid or want > len(chunk)):
+                continue
+        raise _Damaged("%s at byte %d" % (_bridge.SCAN_REASONS.get(rc, rc), pos))
+    if expect != end:
+        raise _Damaged("ends at offset %d, not %d" % (expect, end))
+
+
 class _SegmentReader:
-    """A closed segment read through its own descriptor, validated whole."""
+    """A closed segment read through its own descriptor (the inode the copy
+    is made from)."""
 
-    def __init__(self, seg, end, infos, ino):
-        self.seg = seg
+    def __init__(self, lg, seg, end):
+        self.seg = Segment(lg.path, seg.base_offset, lg.config.index_interval_bytes)
+        self.ino = os.fstat(self.seg.fd).st_ino
         self.end = end
-        self.infos = infos
-        self.ino = ino
+        self.max_batch_size = lg.config.max_batch_size
 
-    def batch(self, bi):
-        data = self.seg.read(bi.position, bi.size)
-        return data, _bridge.parse_header(data)
+    def batches(self):
+        return _walk(self.seg.read, self.seg.size, self.seg.base_offset, self.end,
+                     self.max_batch_size)
 
     def close(self):
         self.seg.close()
@@ -194,28 +233,16 @@ class _Cleaner:
         self.latest = {}                # key id -> offset of its latest record
         self.last_data = {}             # producer id -> base offset of its last data batch
 
-    def open(self, seg, end):
-        s = Segment(self.lg.path, seg.base_offset, self.lg.config.index_interval_bytes)
-        ino = os.fstat(s.fd).st_ino
-        infos, valid_end, rc = s.scan_from(0, seg.base_offset, self.lg.config.max_batch_size, s.size)
-        if rc or valid_end != s.size or (infos[-1].next_offset if infos else seg.base_offset) != end:
-            log.warning("%s: not compacting a segment that does not validate (%s)",
-                        s.log_path, _bridge.SCAN_REASONS.get(rc, rc) if rc else "offsets")
-            s.close()
-            return None
-        return _SegmentReader(s, end, infos, ino)
-
     def learn(self, reader):
         """First pass: the latest offset of every key."""
         latest = self.latest
-        for bi in reader.infos:
-            if bi.is_control:
+        for h, data in reader.batches():
+            if h.is_control:
                 continue
-            if bi.producer_id >= 0:
-                self.last_data[bi.producer_id] = bi.base_offset
-            if self.aborted(bi):
+            if h.producer_id >= 0:
+                self.last_data[h.producer_id] = h.base_offset
+            if self.aborted(h):
                 continue
-            data, h = reader.batch(bi)
             recs, rows = _records(data, h)
             for off, key, _, _, _ in rows:
                 if key is not None:
@@ -225,21 +252,20 @@ class _Cleaner:
         """Second pass: write the cleaned copy of one segment and swap it in."""
         seg = reader.seg
         tmp = seg.log_path + CLEANED_SUFFIX
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         out = _Output(fd)
         removed = 0
         try:
-            for bi in reader.infos:
+            for h, data in reader.batches():
                 if stop is not None and stop():
                     os.close(fd)
                     os.unlink(tmp)
                     return
-                data, h = reader.batch(bi)
-                if bi.is_control:
+                if h.is_control:
                     out.batch(data)
                     continue
-                keep_header = bi.producer_id >= 0 and self.last_data.get(bi.producer_id) == bi.base_offset
-                if self.aborted(bi):
+                keep_header = h.producer_id >= 0 and self.last_data.get(h.producer_id) == h.base_offset
+                if self.aborted(h):
                     recs, kept = b"", []
                 else:
                     recs, rows = _records(data, h)
@@ -259,7 +285,7 @@ class _Cleaner:
                 os.unlink(tmp)
                 return
             failpoints.hit("compaction.cleaned.written")
-            _check_cleaned(fd, tmp, seg.base_offset, reader.end, self.lg.config.max_batch_size)
+            _check_cleaned(fd, seg.base_offset, reader.end, self.lg.config.max_batch_size)
             fsutil.fsync(fd)
             os.close(fd)
             fd = None
@@ -380,25 +406,14 @@ def _rebuilt(h, recs, kept):
     return buf
 
 
-def _check_cleaned(fd, path, base, end, max_batch_size):
+def _check_cleaned(fd, base, end, max_batch_size):
     """The cleaned copy must validate whole and end at the old segment's end."""
-    size = os.fstat(fd).st_size
-    rfd = os.open(path, os.O_RDONLY)
     try:
-        pos, expect = 0, base
-        while pos < size:
-            chunk = fsutil.pread_exact(rfd, min(size - pos, 64 << 20), pos)
-            infos, valid, rc = _bridge.scan(chunk, max_batch_size, True, expect)
-            if infos:
-                expect = infos[-1].next_offset
-            pos += valid
-            if rc and not (rc == _bridge.lib.PL_ETORN and valid):
-                raise AssertionError("compaction wrote an invalid segment %s (%s at %d)" % (
-                    path, _bridge.SCAN_REASONS.get(rc, rc), pos))
-        if expect != end:
-            raise AssertionError("compaction of %s ends at offset %d, not %d" % (path, expect, end))
-    finally:
-        os.close(rfd)
+        for _ in _walk(lambda pos, n: fsutil.pread_exact(fd, n, pos), os.fstat(fd).st_size,
+                       base, end, max_batch_size):
+            pass
+    except _Damaged as e:
+        raise AssertionError("compaction wrote an invalid segment: %s" % e) from None
 
 
 def _remove_stale(path):

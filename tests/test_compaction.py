@@ -335,3 +335,40 @@ def test_compact_and_delete_policies_combine(store_dir):
         assert part.log.log_start_offset == part.log.segments()[-1].base_offset
     finally:
         s.release()
+
+
+def test_a_damaged_segment_is_left_alone_and_nothing_after_it_cleaned(store_dir):
+    conf = conf_for(store_dir)
+    create_topics(conf, {"c": (1, COMPACT)})
+    produce(conf, "c", updates(400, 10))
+    s = Store.acquire(store_dir)
+    try:
+        part = s.partition("c", 0)
+        second = part.log.segments()[1]
+        with open(second.log_path, "r+b") as f:        # a bit flip inside a record
+            f.seek(second.size // 2)
+            b = f.read(1)
+            f.seek(second.size // 2)
+            f.write(bytes([b[0] ^ 0x10]))
+        sizes = [seg.size for seg in part.log.segments()]
+        r = s.compact("c")[0]
+        assert r.segments <= 1                         # at most the first, before the damage
+        assert [seg.size for seg in part.log.segments()][1:] == sizes[1:]
+    finally:
+        s.release()
+
+
+def test_many_small_batches_are_streamed(store_dir):
+    """One record per batch: the cleaner walks a segment in chunks, never
+    holding one header object per batch of the whole segment."""
+    conf = conf_for(store_dir)
+    create_topics(conf, {"c": (1, {**COMPACT, "segment.bytes": 1 << 20})})
+    produce(conf, "c", updates(14000, 7), flush_every=1)
+    s = Store.acquire(store_dir)
+    try:
+        r = s.compact("c")[0]
+        assert r.segments >= 1 and r.records_removed > 10000
+    finally:
+        s.release()
+    msgs = read_all(conf, [("c", 0)])
+    assert final_view(msgs) == expected_view(updates(14000, 7))
