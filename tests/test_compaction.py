@@ -1,5 +1,6 @@
 """Log compaction (cleanup.policy=compact): latest record per key, tombstones,
 transactions, producer state, crash safety, concurrent readers."""
+import contextlib
 import os
 import time
 
@@ -60,22 +61,34 @@ def store_dir(tmp_path):
     return str(tmp_path)
 
 
-def test_keeps_the_latest_record_per_key_and_every_offset(store_dir):
-    conf = conf_for(store_dir)
-    create_topics(conf, {"c": (1, COMPACT)})
-    pairs = updates(400, 10)
-    produce(conf, "c", pairs)
-    before = records_by_offset(read_all(conf, [("c", 0)]))
+@contextlib.contextmanager
+def opened(store_dir):
     s = Store.acquire(store_dir)
     try:
+        yield s
+    finally:
+        s.release()
+
+
+def compacted_topic(store_dir, pairs, config=COMPACT, **produce_kw):
+    """A compacted topic "c" holding pairs; returns the client conf."""
+    conf = conf_for(store_dir)
+    create_topics(conf, {"c": (1, config)})
+    produce(conf, "c", pairs, **produce_kw)
+    return conf
+
+
+def test_keeps_the_latest_record_per_key_and_every_offset(store_dir):
+    pairs = updates(400, 10)
+    conf = compacted_topic(store_dir, pairs)
+    before = records_by_offset(read_all(conf, [("c", 0)]))
+    with opened(store_dir) as s:
         part = s.partition("c", 0)
         size_before, hw = part.log.size_bytes, part.high_watermark
         result = s.compact("c")[0]
         assert result.segments >= 1 and result.records_removed > 0
         assert part.log.size_bytes < size_before and part.high_watermark == hw
         end = result.end_offset
-    finally:
-        s.release()
     after = records_by_offset(read_all(conf, [("c", 0)]))
     # Everything kept is byte-for-byte what was there, under its old offset.
     assert all(before[o] == kv for o, kv in after.items())
@@ -87,14 +100,9 @@ def test_keeps_the_latest_record_per_key_and_every_offset(store_dir):
 
 
 def test_a_reader_positioned_inside_a_removed_range_moves_on(store_dir):
-    conf = conf_for(store_dir)
-    create_topics(conf, {"c": (1, COMPACT)})
-    produce(conf, "c", updates(300, 3))
-    s = Store.acquire(store_dir)
-    try:
+    conf = compacted_topic(store_dir, updates(300, 3))
+    with opened(store_dir) as s:
         s.compact("c")
-    finally:
-        s.release()
     msgs = read_all(conf, [TopicPartition("c", 0, 5)])
     assert msgs and msgs[0].offset() > 5
     assert [m.offset() for m in msgs] == sorted(m.offset() for m in msgs)
@@ -102,12 +110,10 @@ def test_a_reader_positioned_inside_a_removed_range_moves_on(store_dir):
 
 
 def test_tombstones_stay_for_delete_retention_ms_then_go(store_dir):
-    conf = conf_for(store_dir)
-    create_topics(conf, {"c": (1, {**COMPACT, "delete.retention.ms": 60000})})
     pairs = updates(200, 5) + [(b"k1", None)] + updates(200, 5, b"w")[2:]
-    produce(conf, "c", [(b"k1", None) if k == b"k1" else (k, v) for k, v in pairs])
-    s = Store.acquire(store_dir)
-    try:
+    conf = compacted_topic(store_dir, [(b"k1", None) if k == b"k1" else (k, v) for k, v in pairs],
+                           {**COMPACT, "delete.retention.ms": 60000})
+    with opened(store_dir) as s:
         part = s.partition("c", 0)
         cfg = s._topic_config("c")
         compaction.compact(part, cfg)
@@ -116,8 +122,6 @@ def test_tombstones_stay_for_delete_retention_ms_then_go(store_dir):
         later = int(time.time() * 1000) + 120000
         r = compaction.compact(part, cfg, now_ms=later)
         assert r.records_removed > 0
-    finally:
-        s.release()
     msgs = read_all(conf, [("c", 0)])
     end = r.end_offset
     assert not [m for m in msgs if m.value() is None and m.offset() < end]
@@ -125,9 +129,7 @@ def test_tombstones_stay_for_delete_retention_ms_then_go(store_dir):
 
 
 def test_aborted_records_never_shadow_committed_ones(store_dir):
-    conf = conf_for(store_dir)
-    create_topics(conf, {"c": (1, COMPACT)})
-    produce(conf, "c", [(b"a", b"committed-a"), (b"b", b"committed-b")])
+    conf = compacted_topic(store_dir, [(b"a", b"committed-a"), (b"b", b"committed-b")])
     p = Producer({**conf, "transactional.id": "t1", "linger.ms": 0})
     p.init_transactions()
     p.begin_transaction()
@@ -139,12 +141,9 @@ def test_aborted_records_never_shadow_committed_ones(store_dir):
     p.commit_transaction()
     p.close()
     produce(conf, "c", [(b"x%d" % i, b"f" * 100) for i in range(120)])    # roll past them
-    s = Store.acquire(store_dir)
-    try:
+    with opened(store_dir) as s:
         r = s.compact("c")[0]
         assert r.end_offset > 5 and r.records_removed > 0
-    finally:
-        s.release()
     committed = final_view(read_all(conf, [("c", 0)]))
     assert committed[b"a"] == b"committed-a" and committed[b"b"] == b"txn-b"
     raw = [m.value() for m in read_all(conf, [("c", 0)], isolation="read_uncommitted")]
@@ -152,9 +151,7 @@ def test_aborted_records_never_shadow_committed_ones(store_dir):
 
 
 def test_an_open_transaction_bounds_what_is_cleaned(store_dir):
-    conf = conf_for(store_dir)
-    create_topics(conf, {"c": (1, COMPACT)})
-    produce(conf, "c", updates(50, 2))
+    conf = compacted_topic(store_dir, updates(50, 2))
     p = Producer({**conf, "transactional.id": "open", "linger.ms": 0})
     p.init_transactions()
     p.begin_transaction()
@@ -183,18 +180,14 @@ def test_an_open_transaction_bounds_what_is_cleaned(store_dir):
 def test_producer_state_survives_compaction_and_reopen(store_dir):
     conf = conf_for(store_dir)
     create_topics(conf, {"c": (1, COMPACT)})
-    s = Store.acquire(store_dir)
-    try:
+    with opened(store_dir) as s:
         part = s.partition("c", 0)
         pid, epoch = 4242, 0
         batches = [encode_batch([(0, b"k", b"v%d" % i, None)], pid, epoch, i) for i in range(60)]
         first = [part.append([b])[0] for b in batches]
         produce(conf, "c", [(b"k", b"x" * 100)] * 80)               # supersede, roll
         assert s.compact("c")[0].records_removed > 0
-    finally:
-        s.release()
-    s = Store.acquire(store_dir)                  # reopen: state from LMDB + log
-    try:
+    with opened(store_dir) as s:                  # reopen: state from LMDB + log
         part = s.partition("c", 0)
         dup = part.append([batches[-1]])[0]
         assert not dup.appended and dup.base_offset == first[-1].base_offset
@@ -205,61 +198,44 @@ def test_producer_state_survives_compaction_and_reopen(store_dir):
         kept = [bi for seg, bi in part.log.batches(0, first[-1].base_offset + 1)
                 if bi.producer_id == pid]
         assert kept and kept[-1].base_offset == first[-1].base_offset
-    finally:
-        s.release()
 
 
 @pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
 def test_compressed_batches_are_recompressed_with_their_codec(store_dir, codec):
-    conf = conf_for(store_dir)
-    create_topics(conf, {"c": (1, {**COMPACT, "segment.bytes": 1024})})
     pairs = updates(300, 4)
-    produce(conf, "c", pairs, flush_every=20, **{"compression.type": codec})
-    s = Store.acquire(store_dir)
-    try:
+    conf = compacted_topic(store_dir, pairs, {**COMPACT, "segment.bytes": 1024}, flush_every=20,
+                           **{"compression.type": codec})
+    with opened(store_dir) as s:
         part = s.partition("c", 0)
         assert s.compact("c")[0].records_removed > 0
         codecs = {bi.compression for _, bi in part.log.batches(0) if bi.records_count}
         assert codecs == {{"gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}[codec]}
-    finally:
-        s.release()
     assert final_view(read_all(conf, [("c", 0)])) == expected_view(pairs)
 
 
 def test_keyless_records_are_kept(store_dir):
-    conf = conf_for(store_dir)
-    create_topics(conf, {"c": (1, COMPACT)})
     pairs = [(None if i % 3 == 0 else b"k", b"%d" % i) for i in range(300)]
-    produce(conf, "c", pairs)
-    s = Store.acquire(store_dir)
-    try:
+    conf = compacted_topic(store_dir, pairs)
+    with opened(store_dir) as s:
         s.compact("c")
-    finally:
-        s.release()
     msgs = read_all(conf, [("c", 0)])
     assert [m.value() for m in msgs if m.key() is None] == [v for k, v in pairs if k is None]
 
 
 def test_dirty_ratio_decides_the_background_round(store_dir):
-    conf = conf_for(store_dir)
-    create_topics(conf, {"c": (1, {**COMPACT, "min.cleanable.dirty.ratio": 0.5})})
-    produce(conf, "c", updates(300, 5))
-    s = Store.acquire(store_dir)
-    try:
+    conf = compacted_topic(store_dir, updates(300, 5), {**COMPACT, "min.cleanable.dirty.ratio": 0.5})
+    with opened(store_dir) as s:
         part = s.partition("c", 0)
         assert compaction.dirty_ratio(part, s._topic_config("c")) == 1.0
         assert ("c", 0) in s.enforce_compaction()
         assert compaction.dirty_ratio(part, s._topic_config("c")) < 0.5
         assert s.enforce_compaction() == {}                  # nothing dirty enough
-    finally:
-        s.release()
 
 
 def test_compact_refuses_a_delete_topic_and_bad_ratios(store_dir):
     conf = conf_for(store_dir)
     create_topics(conf, {"d": 1})
-    s = Store.acquire(store_dir)
-    try:
+    with opened(store_dir) as s:
         with pytest.raises(KafkaException):
             s.compact("d")
         with pytest.raises(KafkaException):
@@ -267,16 +243,11 @@ def test_compact_refuses_a_delete_topic_and_bad_ratios(store_dir):
         for bad in (1.5, -0.1, "x"):
             with pytest.raises(KafkaException):
                 s.create_topic("e", 1, {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": bad})
-    finally:
-        s.release()
 
 
 def test_a_reader_with_the_old_file_open_still_reads_consistently(store_dir):
-    conf = conf_for(store_dir)
-    create_topics(conf, {"c": (1, COMPACT)})
-    produce(conf, "c", updates(300, 5))
-    s = Store.acquire(store_dir)
-    try:
+    conf = compacted_topic(store_dir, updates(300, 5))
+    with opened(store_dir) as s:
         part = s.partition("c", 0)
         other = PartitionLog(part.log.path, part.log.config)   # as another process has it
         old = [(bi.base_offset, bi.records_count) for _, bi in other.batches(0)]
@@ -288,24 +259,17 @@ def test_a_reader_with_the_old_file_open_still_reads_consistently(store_dir):
         fresh = PartitionLog(part.log.path, part.log.config)   # a reopen sees the cleaned files
         assert sum(bi.records_count for _, bi in fresh.batches(0)) < sum(n for _, n in old)
         fresh.close()
-    finally:
-        s.release()
 
 
 def _compact_in_child(store_dir):
-    s = Store.acquire(store_dir)
-    try:
+    with opened(store_dir) as s:
         s.compact("c")
-    finally:
-        s.release()
 
 
 @pytest.mark.parametrize("point", ["compaction.cleaned.written", "compaction.swap"])
 def test_a_crash_while_compacting_loses_nothing(store_dir, point):
-    conf = conf_for(store_dir)
-    create_topics(conf, {"c": (1, COMPACT)})
     pairs = updates(400, 10)
-    produce(conf, "c", pairs)
+    conf = compacted_topic(store_dir, pairs)
     before = records_by_offset(read_all(conf, [("c", 0)]))
     r = testing.run_in_child(_compact_in_child, store_dir, failpoints={point: "kill"}, timeout=60)
     assert r.killed_by == "failpoint", r
@@ -313,12 +277,9 @@ def test_a_crash_while_compacting_loses_nothing(store_dir, point):
     assert set(after_crash) <= set(before) and all(before[o] == kv for o, kv in after_crash.items())
     assert final_view(read_all(conf, [("c", 0)])) == expected_view(pairs)
     part_dir = os.path.join(store_dir, "c-0")
-    s = Store.acquire(store_dir)
-    try:
+    with opened(store_dir) as s:
         assert s.compact("c")[0] is not None                 # a stale copy does not block it
         assert not [n for n in os.listdir(part_dir) if n.endswith(compaction.CLEANED_SUFFIX)]
-    finally:
-        s.release()
     assert final_view(read_all(conf, [("c", 0)])) == expected_view(pairs)
 
 
@@ -327,22 +288,16 @@ def test_compact_and_delete_policies_combine(store_dir):
     create_topics(conf, {"c": (1, {**COMPACT, "cleanup.policy": "compact,delete",
                                    "retention.ms": 60000})})
     produce(conf, "c", updates(300, 5))
-    s = Store.acquire(store_dir)
-    try:
+    with opened(store_dir) as s:
         part = s.partition("c", 0)
         assert s.compact("c")[0].records_removed > 0
         s.enforce_retention(now_ms=int(time.time() * 1000) + 120000)
         assert part.log.log_start_offset == part.log.segments()[-1].base_offset
-    finally:
-        s.release()
 
 
 def test_a_damaged_segment_is_left_alone_and_nothing_after_it_cleaned(store_dir):
-    conf = conf_for(store_dir)
-    create_topics(conf, {"c": (1, COMPACT)})
-    produce(conf, "c", updates(400, 10))
-    s = Store.acquire(store_dir)
-    try:
+    conf = compacted_topic(store_dir, updates(400, 10))
+    with opened(store_dir) as s:
         part = s.partition("c", 0)
         second = part.log.segments()[1]
         with open(second.log_path, "r+b") as f:        # a bit flip inside a record
@@ -354,21 +309,15 @@ def test_a_damaged_segment_is_left_alone_and_nothing_after_it_cleaned(store_dir)
         r = s.compact("c")[0]
         assert r.segments <= 1                         # at most the first, before the damage
         assert [seg.size for seg in part.log.segments()][1:] == sizes[1:]
-    finally:
-        s.release()
 
 
 def test_many_small_batches_are_streamed(store_dir):
     """One record per batch: the cleaner walks a segment in chunks, never
     holding one header object per batch of the whole segment."""
-    conf = conf_for(store_dir)
-    create_topics(conf, {"c": (1, {**COMPACT, "segment.bytes": 1 << 20})})
-    produce(conf, "c", updates(14000, 7), flush_every=1)
-    s = Store.acquire(store_dir)
-    try:
+    conf = compacted_topic(store_dir, updates(14000, 7), {**COMPACT, "segment.bytes": 1 << 20},
+                           flush_every=1)
+    with opened(store_dir) as s:
         r = s.compact("c")[0]
         assert r.segments >= 1 and r.records_removed > 10000
-    finally:
-        s.release()
     msgs = read_all(conf, [("c", 0)])
     assert final_view(msgs) == expected_view(updates(14000, 7))
