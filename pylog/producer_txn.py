@@ -117,8 +117,14 @@ class ProducerTxn:
 
     def end(self, commit):
         p = self.p
-        pid, epoch = self.call(lambda c, pid, ep: c.end_txn(p._transactional_id, pid, ep, commit))
-        self._sync_markers_later(list(self.added))
+        # pylog.fsync=never: a system crash may lose acknowledged records, so
+        # the commit point and the markers skip their flushes too (a process
+        # crash loses nothing: the page cache survives it).
+        durable = p._fsync != "never"
+        pid, epoch = self.call(lambda c, pid, ep: c.end_txn(p._transactional_id, pid, ep, commit,
+                                                            durable))
+        if durable:
+            self._sync_markers_later(list(self.added))
         # KIP-890: every end bumps the epoch (and at the int16 limit the
         # coordinator hands out a new producer id).
         p._producer_id, p._producer_epoch = pid, epoch

@@ -221,7 +221,7 @@ class Coordinator:
             self.meta.update(done)
 
     # ---- EndTxn ----
-    def end_txn(self, tid, pid, epoch, commit):
+    def end_txn(self, tid, pid, epoch, commit, durable=True):
         """Commit or abort; returns (producer_id, epoch) for the producer's
         next transaction."""
         with self._tid_lock(tid):
@@ -235,11 +235,11 @@ class Coordinator:
             if st is not None and st["producer_id"] == pid and st["producer_epoch"] == epoch + 1 \
                     and st["state"] == (COMPLETE_COMMIT if commit else COMPLETE_ABORT):
                 return pid, epoch + 1
-            st = self._prepare(tid, pid, epoch, commit)
+            st = self._prepare(tid, pid, epoch, commit, durable=durable)
             self._write_markers(st)
             return self._session(st)
 
-    def _prepare(self, tid, pid, epoch, commit, fence=False):
+    def _prepare(self, tid, pid, epoch, commit, fence=False, durable=True):
         """Write Prepare* durably (the commit point), bumping the epoch; a
         commit's offsets become the group's committed offsets here."""
         def prepare(txn):
@@ -274,7 +274,7 @@ class Coordinator:
             return st
         from . import failpoints
         failpoints.hit("txn.prepare.before")
-        st = self.meta.update(prepare, durable=True)
+        st = self.meta.update(prepare, durable=durable)
         failpoints.hit("txn.prepare.after")
         return st
 

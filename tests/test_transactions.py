@@ -1014,7 +1014,8 @@ def test_the_commit_point_is_flushed_before_commit_returns(tmp_path):
     from pylog import failpoints
     conf = conf_for(tmp_path)
     create_topics(conf, {"a": 1, "b": 1})
-    p = Producer({**conf, "transactional.id": "durable-prepare", "linger.ms": 0})
+    p = Producer({**conf, "transactional.id": "durable-prepare", "linger.ms": 0,
+                  "pylog.fsync": "always"})
     p.init_transactions()
     failpoints.set("meta.durable.after", "sleep:0")
     try:
@@ -1030,6 +1031,15 @@ def test_the_commit_point_is_flushed_before_commit_returns(tmp_path):
         p.produce("a", value=b"gone")
         p.abort_transaction()
         assert failpoints.hits("meta.durable.after") == 4
+        # pylog.fsync=never gives up durability on a system crash: no flush
+        fast = Producer({**conf, "transactional.id": "fast", "linger.ms": 0})
+        fast.init_transactions()
+        before = failpoints.hits("meta.durable.after")
+        fast.begin_transaction()
+        fast.produce("a", value=b"fast")
+        fast.commit_transaction()
+        assert failpoints.hits("meta.durable.after") == before
+        fast.close()
     finally:
         failpoints.clear("meta.durable.after")
         p.close()
