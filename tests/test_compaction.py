@@ -321,3 +321,27 @@ def test_many_small_batches_are_streamed(store_dir):
         assert r.segments >= 1 and r.records_removed > 10000
     msgs = read_all(conf, [("c", 0)])
     assert final_view(msgs) == expected_view(updates(14000, 7))
+
+
+def _produce_updates_child(store_dir, n, keys):
+    produce(conf_for(store_dir), "c", updates(n, keys), flush_every=3)
+
+
+def test_compacting_while_another_process_appends_and_reads(store_dir):
+    """Segments roll and get swapped while a producer in another process
+    appends: nothing it acknowledged is lost, every key ends at its last
+    value, and the appending process's own reads stay consistent."""
+    conf = compacted_topic(store_dir, updates(50, 10), {**COMPACT, "segment.bytes": 2048})
+    child = testing.start_child(_produce_updates_child, store_dir, 3000, 10)
+    rounds = 0
+    with opened(store_dir) as s:
+        while child.alive():
+            s.compact("c")
+            rounds += 1
+        r = child.wait(60)
+        assert r.ok, r.error
+        s.compact("c")
+    assert rounds > 1
+    msgs = read_all(conf, [("c", 0)])
+    assert [m.offset() for m in msgs] == sorted(m.offset() for m in msgs)
+    assert final_view(msgs) == expected_view(updates(3000, 10))
