@@ -1,7 +1,8 @@
 """A consume-transform-produce runner with Kafka Streams' exactly_once_v2.
 
-    runner = StreamsRunner(conf, ["payments"], group_id="totals", transactional_id="totals-1",
-                           process_fn=add_up, state="totals", commit_records=1000)
+    runner = StreamsRunner(conf, ["payments"], group_id="totals",
+                           transactional_id_prefix="totals", process_fn=add_up,
+                           state="totals", commit_records=1000)
     runner.run(stop_event)          # or run(max_idle=5.0)
     runner.close()
 
@@ -22,6 +23,30 @@ all, whatever is killed when.
 The offsets sent are the runner's own "next offset to process" per
 partition, never consumer.position(): a consume() call that rebalances may
 have fetched (and advanced over) records the runner has not processed yet.
+
+Members and transactional ids.  Start as many runners (processes) with the
+same group_id as you like; the group shares the input partitions among them.
+Each needs its own transactional.id, stable across its restarts, as in Kafka
+Streams' eos-v2 (one producer per member, "<prefix>-<member>"):
+
+  * transactional_id="app-3"            fixed by you, one per member;
+  * transactional_id_prefix="app"       derived: "app-<member_name>" if given,
+                                        else "app-<group.instance.id>" (static
+                                        membership), else "app-<slot>" where
+                                        the slot is the lowest number whose
+                                        lock file (next to the store) no live
+                                        process holds.
+
+Two live runners never share an id, so they never fence each other.  A
+member that restarts gets its old id back (a slot's lock dies with its
+process), so its init_transactions() fences its predecessor and aborts the
+transaction that predecessor left open, at once instead of after
+transaction.timeout.ms; until then, a member taking over its partitions
+waits (for the offsets it staged: KIP-447's require_stable; for the
+changelog records it wrote: the restore, see below).  A member that
+is alive but was expelled (hung past session.timeout.ms) is fenced by the
+group instead: its offsets carry an old generation and are refused, so its
+transaction aborts.
 
 Rebalances (callbacks run inside consume()): on_revoke commits the open
 transaction, or aborts it if it cannot commit, before the partitions go, so
@@ -59,16 +84,31 @@ memory.  The rules that keep it exact:
     the checkpoint to the last stable offset and applies it, then seeks the
     input to the committed offset of the same transaction.  A checkpoint
     outside the changelog's [start, end] (a wiped or recreated store) makes
-    the task start from an empty store at the changelog's start.
+    the task start from an empty store at the changelog's start;
+  * restoring first waits until every transaction that wrote to the
+    changelog partition before the assignment is decided (a dead member's
+    open transaction is aborted by its restart or its timeout): restoring
+    only up to a last stable offset held back by it would miss state that
+    later transactions committed;
+  * LMDB's checkpoint only moves forward: members on one machine share the
+    task directories, and a late write from a member that lost the task
+    (it committed, then stalled before its LMDB write while the new owner
+    restored and went on) is dropped instead of overwriting newer state.
 
 StreamsRunner is not thread-safe: run() and close() belong to one thread
-(set stop_event from another to stop run()).
+(set stop_event from another to stop run()).  Several runners may run in
+one process, each in its own thread (Kafka Streams' stream threads).
 """
+import errno
+import fcntl
 import json
 import logging
 import os
 import shutil
+import threading
 import time
+
+from urllib.parse import quote
 
 import lmdb
 
@@ -102,9 +142,7 @@ class StateStore:
         self.partition = partition
         self.path = path
         os.makedirs(path, exist_ok=True)
-        self._env = lmdb.open(path, max_dbs=2, map_size=_LMDB_MAP_SIZE, subdir=True)
-        self._data = self._env.open_db(b"data")
-        self._meta = self._env.open_db(b"meta")
+        self._env_key, (self._env, self._data, self._meta, _) = _open_env(path)
         self._dirty = {}                    # key -> encoded value, or None for a delete
         self.changelog_end = None           # offset after our last changelog record of this txn
 
@@ -148,17 +186,23 @@ class StateStore:
 
     # ---- the runner's side ----
     def _apply(self, changes, checkpoint):
-        """Write changes ([(key, encoded value or None)]) and the checkpoint in one LMDB txn."""
+        """Write changes ([(key, encoded value or None)]) and the checkpoint in
+        one LMDB txn; returns False (and writes nothing) if the store already
+        reflects the changelog at or past `checkpoint` (another member wrote it)."""
         while True:
             try:
                 with self._env.begin(write=True) as txn:
+                    cur = txn.get(_CHECKPOINT, db=self._meta)
+                    if cur is not None and int(cur) > checkpoint or \
+                            cur is not None and int(cur) == checkpoint and changes:
+                        return False
                     for k, v in changes:
                         if v is None:
                             txn.delete(k, db=self._data)
                         else:
                             txn.put(k, v, db=self._data)
                     txn.put(_CHECKPOINT, b"%d" % checkpoint, db=self._meta)
-                return
+                return True
             except lmdb.MapFullError:
                 self._env.set_mapsize(self._env.info()["map_size"] * 2)
 
@@ -170,7 +214,10 @@ class StateStore:
     def _commit_local(self):
         """After the Kafka transaction committed: make LMDB reflect it."""
         if self._dirty and self.changelog_end is not None:
-            self._apply(list(self._dirty.items()), self.changelog_end)
+            if not self._apply(list(self._dirty.items()), self.changelog_end):
+                log.warning("%s task %d: the local store is already past changelog offset %d "
+                            "(another member restored it): not writing older state", self.name,
+                            self.partition, self.changelog_end)
         self._dirty.clear()
         self.changelog_end = None
 
@@ -179,7 +226,37 @@ class StateStore:
         self.changelog_end = None
 
     def close(self):
-        self._env.close()
+        if self._env_key is not None:
+            _close_env(self._env_key)
+            self._env_key = None
+
+
+# One LMDB environment per task directory and process (LMDB allows no second
+# one): runners of one group in one process (threads) share it when a task
+# moves between them.
+_ENVS = {}                      # realpath -> [env, data db, meta db, number of StateStores]
+_ENVS_LOCK = threading.Lock()
+
+
+def _open_env(path):
+    key = os.path.realpath(path)
+    with _ENVS_LOCK:
+        entry = _ENVS.get(key)
+        if entry is None:
+            env = lmdb.open(path, max_dbs=2, map_size=_LMDB_MAP_SIZE, subdir=True)
+            entry = _ENVS[key] = [env, env.open_db(b"data"), env.open_db(b"meta"), 0]
+        entry[3] += 1
+        return key, entry
+
+
+def _close_env(key):
+    with _ENVS_LOCK:
+        entry = _ENVS.get(key)
+        if entry is not None:
+            entry[3] -= 1
+            if entry[3] == 0:
+                del _ENVS[key]
+                entry[0].close()
 
 
 def _split_conf(conf):
@@ -188,6 +265,24 @@ def _split_conf(conf):
     prod = {k: v for k, v in conf.items() if k not in _config._CONSUMER}
     cons = {k: v for k, v in conf.items() if k not in _config._PRODUCER}
     return prod, cons
+
+
+def _claim_slot(directory):
+    """(n, fd): the lowest n whose lock file in `directory` no live process
+    holds, locked (flock, released when fd is closed or the process dies)."""
+    os.makedirs(directory, exist_ok=True)
+    n = 0
+    while True:
+        fd = os.open(os.path.join(directory, "%d.lock" % n), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            n += 1
+            continue
+        return str(n), fd
 
 
 class StreamsRunner:
@@ -200,7 +295,12 @@ class StreamsRunner:
                       the changelog topics and the state directory)
     transactional_id  this runner's transactional.id; keep it stable per
                       worker (e.g. "app-worker-3") so that a restarted
-                      worker fences its dead predecessor
+                      worker fences its dead predecessor ...
+    transactional_id_prefix ... or let each member derive its own:
+                      "<prefix>-<member>" (see "Members and transactional ids"
+                      above); the id in use is self.transactional_id
+    member_name       the <member> part with a prefix (default: the conf's
+                      group.instance.id, else a slot claimed next to the store)
     process_fn        process_fn(record, state) -> iterable of output records
                       (topic, key, value) or (topic, key, value, headers);
                       state is the StateStore of record.partition(), or None
@@ -210,16 +310,21 @@ class StreamsRunner:
     state_dir         where the LMDB task directories live
     """
 
-    def __init__(self, conf, input_topics, group_id, transactional_id, process_fn,
+    def __init__(self, conf, input_topics, group_id, transactional_id=None, process_fn=None,
                  commit_records=1000, commit_interval_ms=100, state=None, state_dir=None,
-                 batch_size=500, poll_timeout=0.1):
+                 batch_size=500, poll_timeout=0.1, transactional_id_prefix=None,
+                 member_name=None):
         if not callable(process_fn):
             raise TypeError("process_fn must be callable")
         if commit_records < 1 or commit_interval_ms < 0:
             raise ValueError("commit_records must be >= 1 and commit_interval_ms >= 0")
+        if (transactional_id is None) == (transactional_id_prefix is None):
+            raise ValueError("give either transactional_id or transactional_id_prefix")
+        if member_name is not None and transactional_id_prefix is None:
+            raise ValueError("member_name goes with transactional_id_prefix")
         self.input_topics = list(input_topics)
         self.group_id = group_id
-        self.transactional_id = transactional_id
+        self._slot_fd = None                # the member slot's locked file, with a prefix
         self.process_fn = process_fn
         self.commit_records = commit_records
         self.commit_interval = commit_interval_ms / 1000.0
@@ -235,6 +340,7 @@ class StreamsRunner:
         self.changelog = None
         self._tasks = {}                    # partition number -> StateStore
         self._restorer = None
+        self._watermarks = None             # read_uncommitted: the changelog's high watermark
         self._closed = False
         self._failed = None                 # the fatal KafkaError, once fenced
         self._in_txn = False
@@ -244,24 +350,39 @@ class StreamsRunner:
         self._positions = {}                # (topic, p) -> next offset to process
         self._rewind = False                # an abort inside a callback: rewind after consume()
         self._deferred = None               # an exception raised inside a callback
-        if self.store_name is not None:
-            store_path = _config.store_path(_config.parse(cconf, "admin"))
-            if store_path is None:
-                raise ValueError("state stores need a pylog store (bootstrap.servers=file:///...)")
-            self.changelog = "%s-%s-changelog" % (group_id, self.store_name)
-            self.state_dir = state_dir or os.path.join(
-                os.path.dirname(os.path.abspath(store_path)),
-                os.path.basename(os.path.abspath(store_path)) + "-streams-state", group_id,
-                self.store_name)
-            self._create_changelog(cconf)
-        self._producer = Producer({**pconf, "transactional.id": transactional_id})
+        store_path = _config.store_path(_config.parse(cconf, "admin")) if str(
+            cconf.get("bootstrap.servers", "")).startswith("file:") else None
+        app_dir = None if store_path is None else os.path.join(
+            os.path.dirname(os.path.abspath(store_path)),
+            os.path.basename(os.path.abspath(store_path)) + "-streams-state", group_id)
+        if transactional_id is None:
+            member = member_name if member_name is not None else cconf.get("group.instance.id")
+            if member is None:
+                if app_dir is None:
+                    raise ValueError("with a Kafka cluster, transactional_id_prefix needs "
+                                     "member_name or group.instance.id (a stable member id)")
+                member, self._slot_fd = _claim_slot(os.path.join(
+                    app_dir, ".members", quote(transactional_id_prefix, safe="")))
+            transactional_id = "%s-%s" % (transactional_id_prefix, member)
+        self.transactional_id = transactional_id
+        self._producer = None
         try:
-            self._producer.init_transactions()
+            if self.store_name is not None:
+                if store_path is None:
+                    raise ValueError("state stores need a pylog store "
+                                     "(bootstrap.servers=file:///...)")
+                self.changelog = "%s-%s-changelog" % (group_id, self.store_name)
+                self.state_dir = state_dir or os.path.join(app_dir, self.store_name)
+                self._create_changelog(cconf)
+            self._producer = Producer({**pconf, "transactional.id": transactional_id})
+            self._producer.init_transactions()   # fences our predecessor, aborts what it left open
             self._consumer = Consumer({"auto.offset.reset": "earliest", **cconf,
                                        "group.id": group_id, "isolation.level": "read_committed",
                                        "enable.auto.commit": False, "enable.partition.eof": False})
         except BaseException:
-            self._producer.close()
+            if self._producer is not None:
+                self._producer.close()
+            self._release_slot()
             raise
         self._consumer.subscribe(self.input_topics, on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_lost)
@@ -321,7 +442,9 @@ class StreamsRunner:
 
     def _process_batch(self, msgs):
         n = 0
-        positions, produce = self._positions, self._produce
+        positions, offsets, fn = self._positions, self._offsets, self.process_fn
+        produce = self._producer.produce
+        tasks = self._tasks if self.store_name is not None else None
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -330,26 +453,32 @@ class StreamsRunner:
                     continue
                 raise KafkaException(err)
             tp = (m.topic(), m.partition())
+            off = m.offset()
             pos = positions.get(tp)
-            if pos is not None and m.offset() < pos:
+            if pos is not None and off < pos:
                 continue                    # already processed (re-fetched after a seek)
             if not self._in_txn:
                 self._producer.begin_transaction()
                 self._in_txn = True
                 self._txn_records = 0
                 self._txn_start = time.monotonic()
-            state = self._tasks.get(m.partition()) if self.store_name is not None else None
             try:
-                outs = self.process_fn(m, state)
+                outs = fn(m, None if tasks is None else tasks.get(tp[1]))
             except Exception:
                 self._abort("process_fn raised")
                 raise
             if outs:
                 for out in outs:
-                    produce(*out)
-            positions[tp] = self._offsets[tp] = m.offset() + 1
-            self._txn_records += 1
+                    if len(out) == 3:
+                        try:
+                            produce(out[0], out[2], out[1])
+                            continue
+                        except BufferError:
+                            pass
+                    self._produce(*out)
+            positions[tp] = offsets[tp] = off + 1
             n += 1
+        self._txn_records += n
         self.stats["records"] += n
         return n
 
@@ -531,7 +660,8 @@ class StreamsRunner:
         return task
 
     def _restore(self, partition):
-        """Bring task `partition`'s LMDB store up to the changelog's last stable offset."""
+        """Bring task `partition`'s LMDB store up to the changelog's last stable
+        offset, once every transaction that wrote to it before now is decided."""
         task = self.task_store(partition)
         task._discard()
         tp = TopicPartition(self.changelog, partition)
@@ -541,8 +671,26 @@ class StreamsRunner:
                                        "isolation.level": "read_committed",
                                        "enable.auto.commit": False, "enable.partition.eof": False,
                                        "auto.offset.reset": "earliest"})
+            self._watermarks = Consumer({**cconf, "group.id": self.group_id + "-restore",
+                                         "isolation.level": "read_uncommitted",
+                                         "enable.auto.commit": False})
         c = self._restorer
         low, high = c.get_watermark_offsets(tp)
+        written = self._watermarks.get_watermark_offsets(tp)[1]
+        if high < written:
+            # A transaction that wrote below `written` is open (a dead member's, until its
+            # restart or its timeout aborts it; a fenced zombie's): restoring only up to
+            # the last stable offset would miss what transactions after it committed.
+            log.info("%s task %d: waiting for the open transaction at changelog offset %d "
+                     "to finish", self.store_name, partition, high)
+            deadline = time.monotonic() + max(self._txn_timeout, 60.0) + 10
+            while high < written:
+                if time.monotonic() > deadline:
+                    raise KafkaException(KafkaError(
+                        KafkaError._TIMED_OUT, "%s task %d: a transaction left open at changelog "
+                        "offset %d was not decided in time" % (self.store_name, partition, high)))
+                time.sleep(0.05)
+                low, high = c.get_watermark_offsets(tp)
         start = task.checkpoint()
         if start is None or start < low or start > high:
             if start is not None:
@@ -604,9 +752,17 @@ class StreamsRunner:
                 finally:
                     if self._restorer is not None:
                         self._restorer.close()
+                    if self._watermarks is not None:
+                        self._watermarks.close()
                     for task in self._tasks.values():
                         task.close()
                     self._tasks.clear()
+                    self._release_slot()
+
+    def _release_slot(self):
+        if self._slot_fd is not None:
+            os.close(self._slot_fd)         # releases the flock: a new member may take the slot
+            self._slot_fd = None
 
     def __enter__(self):
         return self
