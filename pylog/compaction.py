@@ -8,7 +8,8 @@ that range is therefore decided, and its aborted records are garbage.
 What a cleaned segment keeps.  Offsets never change; records go.
   - a record whose key has a later record in the cleanable range goes;
   - a tombstone (null value) that is the latest for its key goes once its
-    batch is older than delete.retention.ms (consumers had that long to see it);
+    segment was last written more than delete.retention.ms ago (consumers
+    had that long to see it; a cleaned copy keeps the original's mtime);
   - records of aborted transactions go; control batches (markers) all stay,
     so read_committed readers meet the same markers as before;
   - keyless records stay (Kafka refuses them on compacted topics; pylog
@@ -127,7 +128,9 @@ def compact(partition, config, now_ms=None, min_dirty_ratio=None, stop=None):
             for seg, seg_end in segments:
                 reader = _SegmentReader(lg, seg, seg_end)
                 try:
-                    cleaner.learn(reader)
+                    if not cleaner.learn(reader, stop):
+                        reader.close()
+                        return result
                 except _Damaged as e:   # leave it (and what follows) to verify/recovery
                     log.warning("%s: not compacting a segment that does not validate: %s",
                                 reader.seg.log_path, e)
@@ -197,10 +200,12 @@ def _walk(read, size, base, end, max_batch_size):
         want = _CHUNK
         if rc == 0:
             continue
-        if rc == _bridge.lib.PL_ETORN and valid < len(chunk) and pos + 12 <= size:
-            # a batch across the chunk's end: read from its start, all of it
-            want = max(_CHUNK, int.from_bytes(chunk[valid + 8:valid + 12], "big") + 12)
-            if pos + want <= size and (valid or want > len(chunk)):
+        if rc == _bridge.lib.PL_ETORN:
+            if valid:                   # a batch across the chunk's end starts the next read
+                continue
+            blen = int.from_bytes(chunk[8:12], "big") + 12 if len(chunk) >= 12 else 0
+            if len(chunk) < blen and pos + blen <= size:
+                want = blen             # one batch bigger than a chunk: read all of it
                 continue
         raise _Damaged("%s at byte %d" % (_bridge.SCAN_REASONS.get(rc, rc), pos))
     if expect != end:
@@ -233,10 +238,12 @@ class _Cleaner:
         self.latest = {}                # key id -> offset of its latest record
         self.last_data = {}             # producer id -> base offset of its last data batch
 
-    def learn(self, reader):
-        """First pass: the latest offset of every key."""
+    def learn(self, reader, stop=None):
+        """First pass: the latest offset of every key.  False if stopped."""
         latest = self.latest
         for h, data in reader.batches():
+            if stop is not None and stop():
+                return False
             if h.is_control:
                 continue
             if h.producer_id >= 0:
@@ -247,10 +254,16 @@ class _Cleaner:
             for off, key, _, _, _ in rows:
                 if key is not None:
                     latest[_key_id(key)] = off
+        return True
 
     def rewrite(self, reader, result, stop):
         """Second pass: write the cleaned copy of one segment and swap it in."""
         seg = reader.seg
+        # A tombstone goes once its segment's last write is older than
+        # delete.retention.ms: every record in it was appended before then
+        # (record timestamps are the producer's and may lie in the past).
+        st = os.fstat(seg.fd)
+        self._segment_mtime_ms = st.st_mtime_ns // 1000000
         tmp = seg.log_path + CLEANED_SUFFIX
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         out = _Output(fd)
@@ -286,6 +299,8 @@ class _Cleaner:
                 return
             failpoints.hit("compaction.cleaned.written")
             _check_cleaned(fd, seg.base_offset, reader.end, self.lg.config.max_batch_size)
+            # keep the segment's clock: cleaning must not restart delete.retention.ms
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
             fsutil.fsync(fd)
             os.close(fd)
             fd = None
@@ -308,7 +323,7 @@ class _Cleaner:
             return True
         if self.latest.get(_key_id(key)) != offset:
             return False
-        return not (tombstone and h.max_timestamp < self.horizon)
+        return not (tombstone and self._segment_mtime_ms < self.horizon)
 
 
 class _Output:

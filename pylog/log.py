@@ -331,7 +331,10 @@ class PartitionLog:
             i = bisect.bisect_left(self._bases, base)
             old = self._segments[i] if i < len(self._bases) - 1 and self._bases[i] == base else None
             if old is None or self._bases[i + 1] != end or os.stat(old.log_path).st_ino != ino:
-                os.unlink(cleaned_path)         # deleted by retention, or changed meanwhile
+                try:                            # deleted by retention, or changed meanwhile
+                    os.unlink(cleaned_path)
+                except FileNotFoundError:
+                    pass
                 return False
             old._ensure_index()                 # readers in flight keep a consistent view
             # Index files first: hints rebuilt from the log, never left

@@ -41,7 +41,7 @@ from contextlib import contextmanager
 import lmdb
 
 from . import failpoints
-from .errors import KafkaError, KafkaException
+from .errors import KafkaError, KafkaException, StorageError
 
 _DBS = (b"topics", b"counters", b"pstate", b"partitions", b"txn_open", b"aborted",
         b"txns", b"pids", b"offsets", b"groups")
@@ -276,7 +276,12 @@ class Meta:
                         txn.commit()
                         failpoints.hit("meta.commit.after")
                         if durable and self.sync:
-                            e.env.sync(True)
+                            try:
+                                e.env.sync(True)
+                            except lmdb.Error as err:
+                                # committed, maybe not durable: say so, typed
+                                raise StorageError("LMDB flush after a commit failed at %s: %s"
+                                                   % (self.path, err)) from err
                             failpoints.hit("meta.durable.after")
                         return result
                     except lmdb.MapFullError:

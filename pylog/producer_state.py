@@ -224,6 +224,7 @@ class _AppendHook:
         self.staged = {}            # producer_id -> pl_pstate* with this append applied
         self.markers = {}           # predicted offset -> control type of a marker
         self.opened = set()         # producers whose transaction this append opens
+        self.stale = {}             # producer_id -> (first offset, epoch) of a stale open transaction
 
     def before(self, log, infos, batches):
         st = self.state
@@ -246,9 +247,18 @@ class _AppendHook:
             e = self.staged.get(pid) or st.entries.get(pid)
             if e is None:
                 e = _new_entry()
-            if bi.is_transactional and st.verify_txn is not None and pid not in st.open_txns \
-                    and pid not in self.opened:
+            if bi.is_transactional and st.verify_txn is not None and pid not in self.opened \
+                    and (pid not in st.open_txns or bi.producer_epoch > e.producer_epoch):
                 err = st.verify_txn(pid, bi.producer_epoch)
+                if err is None and pid in st.open_txns:
+                    # The coordinator's current session writes here while an
+                    # older session's transaction is still open: one whose
+                    # registration a crash undid (a registered one gets its
+                    # marker before a newer epoch exists).  Joining it would
+                    # commit its records; the caller aborts it and retries.
+                    self.stale[pid] = (st.open_txns[pid], e.producer_epoch)
+                    err = _error(KafkaError.CONCURRENT_TRANSACTIONS,
+                                 "producer %d has an older transaction open here" % pid)
                 if err is not None:
                     verdicts.append(AppendResult(-1, -1, False, err))
                     continue

@@ -7,7 +7,7 @@ AbortableError (abort_transaction, rewind, begin again) and FatalError
 from concurrent.futures import ThreadPoolExecutor
 
 from . import failpoints
-from .errors import KafkaError, KafkaException
+from .errors import KafkaError, KafkaException, StorageError
 
 INIT, READY, IN_TXN, ABORTABLE, FATAL = "Init", "Ready", "InTransaction", "AbortableError", "FatalError"
 
@@ -75,9 +75,12 @@ class ProducerTxn:
         store = self.p._store
 
         def sync():
-            failpoints.hit("txn.markers.sync.before")
-            for topic, partition in parts:
-                store.partition(topic, partition).log.sync(force=True)
+            try:
+                failpoints.hit("txn.markers.sync.before")
+                for topic, partition in parts:
+                    store.partition(topic, partition).log.sync(force=True)
+            except OSError as e:        # typed, so the caller's KafkaException paths report it
+                raise StorageError("fsync of transaction markers failed: %s" % e) from e
         self._pending = self._pool.submit(sync)
 
     def close(self):
@@ -121,6 +124,11 @@ class ProducerTxn:
         # the commit point and the markers skip their flushes too (a process
         # crash loses nothing: the page cache survives it).
         durable = p._fsync != "never"
+        if p._fsync == "interval":
+            # The records must be on disk before the commit point that names
+            # them (with "always" every append already waited for its fsync).
+            for topic, partition in self.added:
+                p._store.partition(topic, partition).log.sync(force=True)
         pid, epoch = self.call(lambda c, pid, ep: c.end_txn(p._transactional_id, pid, ep, commit,
                                                             durable))
         if durable:

@@ -4,16 +4,20 @@ Every client (Producer, Consumer, AdminClient) in a process that names the
 same directory shares one Store (Store.acquire), so a process holds one
 PartitionLog per partition and never flock()s against itself.
 """
+import logging
 import os
 import threading
 import time
 
-from . import format
+from . import _bridge, format
+from ._bridge import Notifier
 from .errors import KafkaError, KafkaException
 from .log import LogConfig, PartitionLog
 from .meta import Meta, pkey
-from ._bridge import Notifier
+from .codec import control_batch
 from .producer_state import PartitionState
+
+log = logging.getLogger("pylog.txn")
 
 # Topic configs pylog understands, with Kafka's defaults.
 TOPIC_CONFIG_DEFAULTS = {
@@ -57,13 +61,46 @@ class Partition:
         This is the partition-level append a retry goes through: re-sending a
         batch whose outcome was unknown returns its original offsets.
         Returns one AppendResult per batch."""
-        results = self.log.append(batches, self.state.hook(), sync)
+        hook = self.state.hook()
+        results = self.log.append(batches, hook, sync)
+        if hook.stale:
+            results = self._abort_stale_and_retry(batches, results, hook.stale, sync)
         self.store.notifier.bump()
         if (sync or self.log.config.fsync) == "interval":
             self.store.start_flusher()
         if self.state.wants_snapshot():
             self.snapshot()
         return results
+
+    def _abort_stale_and_retry(self, batches, results, stale, sync):
+        """Abort the stale transactions the append hook found in the way of a
+        newer session (see _AppendHook), then append that session's refused
+        batches again."""
+        with self.log.locked():
+            self.log.refresh()
+            self.state.catch_up(self.log)
+            for pid, (first, epoch) in stale.items():
+                if self.state.open_txns.get(pid) == first:
+                    self.abort_open_txn(pid, first, epoch, "a newer session of its producer writes")
+        retry = [i for i, r in enumerate(results)
+                 if r.error is not None and _bridge.parse_header(batches[i]).producer_id in stale]
+        again = self.log.append([batches[i] for i in retry], self.state.hook(), sync)
+        results = list(results)
+        for i, r in zip(retry, again):
+            results[i] = r
+        return results
+
+    def abort_open_txn(self, pid, first, epoch, why):
+        """Write an ABORT marker for producer pid's transaction open since
+        offset first, at that transaction's own epoch (a newer batch of the
+        producer fences it).  The caller holds the partition lock and has
+        checked that it is still open."""
+        log.warning("%s-%d: aborting the transaction of producer %d open since offset %d: %s",
+                    self.topic, self.partition, pid, first, why)
+        marker = control_batch(pid, epoch, False, 0, int(time.time() * 1000))
+        res = self.log.append([marker], self.state.hook(), "never")[0]
+        if res.error is not None:
+            raise KafkaException(res.error)
 
     def snapshot(self):
         """Store producer state in LMDB at the current log end (after an fsync)."""
@@ -367,8 +404,8 @@ class Store:
         return done
 
     def _start_cleaner(self):
-        if self._cleaner is not None and self._cleaner.is_alive():
-            return                      # a long compaction is still running
+        if self._closed or self._cleaner is not None and self._cleaner.is_alive():
+            return                      # closing, or a long compaction is still running
 
         def run():
             try:

@@ -344,27 +344,22 @@ class Coordinator:
                 continue                # not handed out by a coordinator: not ours to judge
             with self._tid_lock(tid, blocking=False) as got:
                 if not got:
-                    continue            # busy (maybe this thread): the timer asks again
+                    continue            # busy: the append hook and the timer cover it
                 st = self.meta.view(lambda txn: self._get(txn, tid))
-                part.refresh()
-                with part.log._mutex:
-                    e = part.state.entries.get(pid)
-                    if part.state.open_txns.get(pid) != first or e is None:
-                        continue        # ended meanwhile
-                    epoch = e.producer_epoch
-                if self._accounts_for(st, pid, epoch, part):
-                    continue
-                if st is not None and st["producer_id"] == pid:
-                    epoch = max(epoch, st["producer_epoch"])
-                log.warning("%s-%d: aborting the transaction of producer %d (transactional.id %r) "
-                            "open since offset %d: its coordinator state no longer lists the "
-                            "partition (state %s)", part.topic, part.partition, pid, tid, first,
-                            st and st["state"])
-                marker = control_batch(pid, epoch, False, COORDINATOR_EPOCH, _now_ms())
-                res = part.append([marker], sync="never")[0]
-                if res.error is not None:
-                    raise KafkaException(res.error)
-                aborted += 1
+                # Judge and abort under the partition lock: a live session's
+                # first write must not land between the two.
+                with part.log.locked():
+                    part.refresh()
+                    with part.log._mutex:
+                        e = part.state.entries.get(pid)
+                        if part.state.open_txns.get(pid) != first or e is None:
+                            continue    # ended meanwhile
+                        epoch = e.producer_epoch
+                    if self._accounts_for(st, pid, epoch, part):
+                        continue
+                    part.abort_open_txn(pid, first, epoch, "transactional.id %r no longer lists "
+                                        "the partition (state %s)" % (tid, st and st["state"]))
+                    aborted += 1
         return aborted
 
     @staticmethod

@@ -1,7 +1,7 @@
 """Log compaction (cleanup.policy=compact): latest record per key, tombstones,
 transactions, producer state, crash safety, concurrent readers."""
-import contextlib
 import os
+import struct
 import time
 
 import pytest
@@ -12,7 +12,7 @@ from pylog.codec import decode_batch, encode_batch
 from pylog.log import PartitionLog
 from pylog.store import Store
 
-from txn_support import conf_for, create_topics, read_all
+from txn_support import conf_for, create_topics, opened_store, read_all
 
 COMPACT = {"cleanup.policy": "compact", "segment.bytes": 4096}
 
@@ -61,15 +61,6 @@ def store_dir(tmp_path):
     return str(tmp_path)
 
 
-@contextlib.contextmanager
-def opened(store_dir):
-    s = Store.acquire(store_dir)
-    try:
-        yield s
-    finally:
-        s.release()
-
-
 def compacted_topic(store_dir, pairs, config=COMPACT, **produce_kw):
     """A compacted topic "c" holding pairs; returns the client conf."""
     conf = conf_for(store_dir)
@@ -82,7 +73,7 @@ def test_keeps_the_latest_record_per_key_and_every_offset(store_dir):
     pairs = updates(400, 10)
     conf = compacted_topic(store_dir, pairs)
     before = records_by_offset(read_all(conf, [("c", 0)]))
-    with opened(store_dir) as s:
+    with opened_store(store_dir) as s:
         part = s.partition("c", 0)
         size_before, hw = part.log.size_bytes, part.high_watermark
         result = s.compact("c")[0]
@@ -101,7 +92,7 @@ def test_keeps_the_latest_record_per_key_and_every_offset(store_dir):
 
 def test_a_reader_positioned_inside_a_removed_range_moves_on(store_dir):
     conf = compacted_topic(store_dir, updates(300, 3))
-    with opened(store_dir) as s:
+    with opened_store(store_dir) as s:
         s.compact("c")
     msgs = read_all(conf, [TopicPartition("c", 0, 5)])
     assert msgs and msgs[0].offset() > 5
@@ -113,7 +104,7 @@ def test_tombstones_stay_for_delete_retention_ms_then_go(store_dir):
     pairs = updates(200, 5) + [(b"k1", None)] + updates(200, 5, b"w")[2:]
     conf = compacted_topic(store_dir, [(b"k1", None) if k == b"k1" else (k, v) for k, v in pairs],
                            {**COMPACT, "delete.retention.ms": 60000})
-    with opened(store_dir) as s:
+    with opened_store(store_dir) as s:
         part = s.partition("c", 0)
         cfg = s._topic_config("c")
         compaction.compact(part, cfg)
@@ -141,7 +132,7 @@ def test_aborted_records_never_shadow_committed_ones(store_dir):
     p.commit_transaction()
     p.close()
     produce(conf, "c", [(b"x%d" % i, b"f" * 100) for i in range(120)])    # roll past them
-    with opened(store_dir) as s:
+    with opened_store(store_dir) as s:
         r = s.compact("c")[0]
         assert r.end_offset > 5 and r.records_removed > 0
     committed = final_view(read_all(conf, [("c", 0)]))
@@ -180,14 +171,14 @@ def test_an_open_transaction_bounds_what_is_cleaned(store_dir):
 def test_producer_state_survives_compaction_and_reopen(store_dir):
     conf = conf_for(store_dir)
     create_topics(conf, {"c": (1, COMPACT)})
-    with opened(store_dir) as s:
+    with opened_store(store_dir) as s:
         part = s.partition("c", 0)
         pid, epoch = 4242, 0
         batches = [encode_batch([(0, b"k", b"v%d" % i, None)], pid, epoch, i) for i in range(60)]
         first = [part.append([b])[0] for b in batches]
         produce(conf, "c", [(b"k", b"x" * 100)] * 80)               # supersede, roll
         assert s.compact("c")[0].records_removed > 0
-    with opened(store_dir) as s:                  # reopen: state from LMDB + log
+    with opened_store(store_dir) as s:                  # reopen: state from LMDB + log
         part = s.partition("c", 0)
         dup = part.append([batches[-1]])[0]
         assert not dup.appended and dup.base_offset == first[-1].base_offset
@@ -205,7 +196,7 @@ def test_compressed_batches_are_recompressed_with_their_codec(store_dir, codec):
     pairs = updates(300, 4)
     conf = compacted_topic(store_dir, pairs, {**COMPACT, "segment.bytes": 1024}, flush_every=20,
                            **{"compression.type": codec})
-    with opened(store_dir) as s:
+    with opened_store(store_dir) as s:
         part = s.partition("c", 0)
         assert s.compact("c")[0].records_removed > 0
         codecs = {bi.compression for _, bi in part.log.batches(0) if bi.records_count}
@@ -216,7 +207,7 @@ def test_compressed_batches_are_recompressed_with_their_codec(store_dir, codec):
 def test_keyless_records_are_kept(store_dir):
     pairs = [(None if i % 3 == 0 else b"k", b"%d" % i) for i in range(300)]
     conf = compacted_topic(store_dir, pairs)
-    with opened(store_dir) as s:
+    with opened_store(store_dir) as s:
         s.compact("c")
     msgs = read_all(conf, [("c", 0)])
     assert [m.value() for m in msgs if m.key() is None] == [v for k, v in pairs if k is None]
@@ -224,7 +215,7 @@ def test_keyless_records_are_kept(store_dir):
 
 def test_dirty_ratio_decides_the_background_round(store_dir):
     conf = compacted_topic(store_dir, updates(300, 5), {**COMPACT, "min.cleanable.dirty.ratio": 0.5})
-    with opened(store_dir) as s:
+    with opened_store(store_dir) as s:
         part = s.partition("c", 0)
         assert compaction.dirty_ratio(part, s._topic_config("c")) == 1.0
         assert ("c", 0) in s.enforce_compaction()
@@ -235,7 +226,7 @@ def test_dirty_ratio_decides_the_background_round(store_dir):
 def test_compact_refuses_a_delete_topic_and_bad_ratios(store_dir):
     conf = conf_for(store_dir)
     create_topics(conf, {"d": 1})
-    with opened(store_dir) as s:
+    with opened_store(store_dir) as s:
         with pytest.raises(KafkaException):
             s.compact("d")
         with pytest.raises(KafkaException):
@@ -247,7 +238,7 @@ def test_compact_refuses_a_delete_topic_and_bad_ratios(store_dir):
 
 def test_a_reader_with_the_old_file_open_still_reads_consistently(store_dir):
     conf = compacted_topic(store_dir, updates(300, 5))
-    with opened(store_dir) as s:
+    with opened_store(store_dir) as s:
         part = s.partition("c", 0)
         other = PartitionLog(part.log.path, part.log.config)   # as another process has it
         old = [(bi.base_offset, bi.records_count) for _, bi in other.batches(0)]
@@ -262,7 +253,7 @@ def test_a_reader_with_the_old_file_open_still_reads_consistently(store_dir):
 
 
 def _compact_in_child(store_dir):
-    with opened(store_dir) as s:
+    with opened_store(store_dir) as s:
         s.compact("c")
 
 
@@ -277,7 +268,7 @@ def test_a_crash_while_compacting_loses_nothing(store_dir, point):
     assert set(after_crash) <= set(before) and all(before[o] == kv for o, kv in after_crash.items())
     assert final_view(read_all(conf, [("c", 0)])) == expected_view(pairs)
     part_dir = os.path.join(store_dir, "c-0")
-    with opened(store_dir) as s:
+    with opened_store(store_dir) as s:
         assert s.compact("c")[0] is not None                 # a stale copy does not block it
         assert not [n for n in os.listdir(part_dir) if n.endswith(compaction.CLEANED_SUFFIX)]
     assert final_view(read_all(conf, [("c", 0)])) == expected_view(pairs)
@@ -288,7 +279,7 @@ def test_compact_and_delete_policies_combine(store_dir):
     create_topics(conf, {"c": (1, {**COMPACT, "cleanup.policy": "compact,delete",
                                    "retention.ms": 60000})})
     produce(conf, "c", updates(300, 5))
-    with opened(store_dir) as s:
+    with opened_store(store_dir) as s:
         part = s.partition("c", 0)
         assert s.compact("c")[0].records_removed > 0
         s.enforce_retention(now_ms=int(time.time() * 1000) + 120000)
@@ -297,7 +288,7 @@ def test_compact_and_delete_policies_combine(store_dir):
 
 def test_a_damaged_segment_is_left_alone_and_nothing_after_it_cleaned(store_dir):
     conf = compacted_topic(store_dir, updates(400, 10))
-    with opened(store_dir) as s:
+    with opened_store(store_dir) as s:
         part = s.partition("c", 0)
         second = part.log.segments()[1]
         with open(second.log_path, "r+b") as f:        # a bit flip inside a record
@@ -316,7 +307,7 @@ def test_many_small_batches_are_streamed(store_dir):
     holding one header object per batch of the whole segment."""
     conf = compacted_topic(store_dir, updates(14000, 7), {**COMPACT, "segment.bytes": 1 << 20},
                            flush_every=1)
-    with opened(store_dir) as s:
+    with opened_store(store_dir) as s:
         r = s.compact("c")[0]
         assert r.segments >= 1 and r.records_removed > 10000
     msgs = read_all(conf, [("c", 0)])
@@ -334,7 +325,7 @@ def test_compacting_while_another_process_appends_and_reads(store_dir):
     conf = compacted_topic(store_dir, updates(50, 10), {**COMPACT, "segment.bytes": 2048})
     child = testing.start_child(_produce_updates_child, store_dir, 3000, 10)
     rounds = 0
-    with opened(store_dir) as s:
+    with opened_store(store_dir) as s:
         while child.alive():
             s.compact("c")
             rounds += 1
@@ -345,3 +336,108 @@ def test_compacting_while_another_process_appends_and_reads(store_dir):
     msgs = read_all(conf, [("c", 0)])
     assert [m.offset() for m in msgs] == sorted(m.offset() for m in msgs)
     assert final_view(msgs) == expected_view(updates(3000, 10))
+
+
+
+def _valid_segment_bytes(total, value_size=100000, keys=5):
+    buf = bytearray()
+    off = 0
+    while len(buf) < total:
+        b = bytearray(encode_batch([(1000 + off, b"k%d" % (off % keys), b"x" * value_size, [])]))
+        struct.pack_into(">q", b, 0, off)
+        buf += b
+        off += 1
+    return bytes(buf), off
+
+
+def test_walk_accepts_a_valid_segment_larger_than_one_chunk():
+    data, end = _valid_segment_bytes(12 << 20)
+    n = sum(1 for _ in compaction._walk(lambda pos, n: data[pos:pos + n], len(data), 0, end,
+                                        1 << 30))
+    assert n == end
+
+
+def test_compaction_of_a_segment_over_8_mib(tmp_path):
+    conf = conf_for(tmp_path)
+    create_topics(conf, {"c": (1, {"cleanup.policy": "compact", "segment.bytes": 10 << 20})})
+    p = Producer({**conf, "enable.idempotence": True, "linger.ms": 0})
+    try:
+        for i in range(115):                      # ~11.5 MB: one closed ~10 MB segment
+            p.produce("c", key=b"k%d" % (i % 5), value=b"%06d" % i + b"x" * 100000, partition=0)
+            p.flush()
+    finally:
+        p.close()
+    with opened_store(tmp_path) as s:
+        assert len(s.partition("c", 0).log.segments()) >= 2
+        r = s.compact("c")[0]
+    assert r.segments == 1 and r.records_removed > 90, r
+
+
+# ---------------------------------------------------------------------------
+# 5. compaction: the tombstone horizon runs on the record's CreateTime
+# ---------------------------------------------------------------------------
+
+def test_a_lagging_consumer_still_sees_a_fresh_tombstone(tmp_path):
+    from pylog import Consumer, TopicPartition
+    conf = conf_for(tmp_path)
+    create_topics(conf, {"c": (1, {"cleanup.policy": "compact", "segment.bytes": 4096})})
+    p = Producer({**conf, "linger.ms": 0})
+    try:
+        p.produce("c", key=b"k", value=b"v1", partition=0)
+        p.flush()
+        # event-time data (a replay, a streams app): CreateTime far in the past
+        p.produce("c", key=b"k", value=None, partition=0, timestamp=1000)
+        p.flush()
+        for i in range(150):                        # roll: the tombstone's segment closes
+            p.produce("c", key=b"o%d" % i, value=b"x" * 40, partition=0)
+            p.flush()
+    finally:
+        p.close()
+    c = Consumer({**conf, "group.id": "view", "auto.offset.reset": "earliest",
+                  "enable.auto.commit": False, "max.partition.fetch.bytes": 1})
+    try:
+        c.assign([TopicPartition("c", 0, 0)])
+        m = c.poll(5.0)
+        assert m is not None and m.error() is None and (m.key(), m.value()) == (b"k", b"v1")
+        with opened_store(tmp_path) as s:                 # written a moment ago: well inside 24 h
+            s.compact("c")
+        seen = []
+        while True:
+            msgs = c.consume(1000, 0.5)
+            if not msgs:
+                break
+            seen.extend((m.key(), m.value()) for m in msgs if m.error() is None)
+    finally:
+        c.close()
+    assert (b"k", None) in seen
+
+
+# ---------------------------------------------------------------------------
+# 6. compaction: stop() is not honoured during the learn pass
+# ---------------------------------------------------------------------------
+
+def test_compaction_stops_at_the_next_batch_when_asked(tmp_path, monkeypatch):
+    conf = conf_for(tmp_path)
+    create_topics(conf, {"c": (1, {"cleanup.policy": "compact", "segment.bytes": 4096})})
+    p = Producer({**conf, "enable.idempotence": True, "linger.ms": 0})
+    try:
+        for i in range(300):
+            p.produce("c", key=b"k%d" % (i % 7), value=b"v%05d" % i + b"y" * 40, partition=0)
+            if i % 5 == 0:
+                p.flush()
+    finally:
+        p.close()
+    walked = []
+    real = compaction._walk
+
+    def counting(*a, **kw):
+        for item in real(*a, **kw):
+            walked.append(1)
+            yield item
+    monkeypatch.setattr(compaction, "_walk", counting)
+    with opened_store(tmp_path) as s:
+        part = s.partition("c", 0)
+        assert len(part.log.segments()) > 3
+        cfg = s._topic_config("c")
+        compaction.compact(part, cfg, stop=lambda: True)
+    assert len(walked) <= 1

@@ -5,7 +5,9 @@ child driven through txn_support.RemoteProducer), because the store has no
 broker: what one process decides must be seen, and enforced, by the others.
 """
 import collections
+import fcntl
 import glob
+import hashlib
 import os
 import random
 import signal
@@ -21,7 +23,7 @@ from pylog.codec import encode_batch
 from pylog.store import Store
 
 from txn_support import (RemoteProducer, conf_for, control_batches, create_topics, err_of,
-                         read_all, run_python, txn_state, values_of, wait_until)
+                         opened_store, read_all, run_python, txn_state, values_of, wait_until)
 
 TS = 1_700_000_000_000
 
@@ -1089,3 +1091,157 @@ def test_a_transaction_whose_registration_was_lost_is_aborted_not_left_hanging(t
     assert r.value == (0, 1)                # listed and Ongoing: left to its timeout
     assert read_all(conf, [("t", 1)]) == []
     assert values_of(read_all(conf, [("t", 1)], isolation="read_uncommitted")) == [b"undecided-1"]
+
+
+
+def _orphan(tmp_path):
+    """Transaction T1 of "tx" wrote to t-0 and t-1; a power loss undid the LMDB
+    commit registering t-1 (simulated as in test_transactions'
+    test_a_transaction_whose_registration_was_lost_is_aborted_not_left_hanging);
+    the owner is gone.  Then a new instance of "tx" is initialised (epoch 2) in
+    a fresh store: t-0 gets T1's ABORT marker, t-1 is not opened yet."""
+    conf = conf_for(tmp_path)
+    create_topics(conf, {"t": 2})
+    p1 = Producer({**conf, "transactional.id": "tx", "linger.ms": 0})
+    p1.init_transactions()
+    p1.begin_transaction()
+    p1.produce("t", value=b"t1-0", partition=0)
+    p1.produce("t", value=b"t1-1", partition=1)
+    p1.flush()
+    with opened_store(tmp_path) as s:
+        def forget_t1(txn):
+            st = s.meta.get_txn(txn, "tx")
+            st["partitions"] = [tp for tp in st["partitions"] if tp != ["t", 1]]
+            s.meta.put_txn(txn, "tx", st)
+        s.meta.update(forget_t1)
+    p1.close()                      # IN_TXN: close ends nothing; the store closes (refs 0)
+    p2 = Producer({**conf, "transactional.id": "tx", "linger.ms": 0})
+    p2.init_transactions()          # fences T1: ABORT on t-0 only
+    return conf, p2
+
+
+def test_abort_orphans_does_not_abort_a_live_transactions_records(tmp_path, monkeypatch):
+    """abort_orphans judges and writes its marker under the partition lock: a
+    live session's first write waits for it instead of joining the orphan."""
+    import pylog.store as store_mod
+    conf, p2 = _orphan(tmp_path)
+    s = Store.acquire(str(tmp_path))
+    reports = []
+    go = threading.Event()
+    try:
+        p2.begin_transaction()
+        # What the sender does first for a record to t-1: register the
+        # partition (the coordinator now lists t-1, Ongoing, epoch 2).
+        assert p2._txn.add_partitions([("t", 1)]) is None
+        decided = threading.Event()
+        real = store_mod.control_batch
+
+        def paused(*a, **kw):                   # between abort_orphans' decision and its append
+            if threading.current_thread().name == "orphan-check":
+                decided.set()
+                go.wait(10)
+            return real(*a, **kw)
+        monkeypatch.setattr(store_mod, "control_batch", paused)
+        # Another thread (or process: the 30 s timer, a consumer) opens t-1 and
+        # runs abort_orphans on T1's orphan.
+        checker = threading.Thread(target=lambda: s.partition("t", 1), name="orphan-check")
+        checker.start()
+        assert decided.wait(10)
+        # The live owner's sender writes its record meanwhile: it must wait.
+        writer = threading.Thread(target=lambda: (
+            p2.produce("t", value=b"t2-live", partition=1, on_delivery=lambda e, m: reports.append(e)),
+            p2.flush()))
+        writer.start()
+        time.sleep(0.3)
+        assert reports == []
+        go.set()
+        checker.join(10)
+        writer.join(10)
+        assert reports == [None]                # delivered
+        p2.commit_transaction()                 # and committed
+    finally:
+        go.set()
+        p2.close()
+        s.release()
+    assert values_of(read_all(conf, [("t", 1)])) == [b"t2-live"]
+
+
+def test_an_orphan_is_never_committed_by_the_next_session(tmp_path):
+    conf, p2 = _orphan(tmp_path)
+    s = Store.acquire(str(tmp_path))
+    lock_fd = None
+    try:
+        p2.begin_transaction()
+        assert p2._txn.add_partitions([("t", 1)]) is None
+        # Another process holds "tx"'s lock right now (its timer's recover /
+        # abort_orphans, for instance): opening t-1 here skips the check.
+        name = hashlib.sha1(b"tx").hexdigest() + ".lock"
+        lock_fd = os.open(os.path.join(str(tmp_path), "txn-locks", name), os.O_RDWR)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        p2.produce("t", value=b"t2", partition=1)
+        p2.flush()
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        # The 30 s timer's check, run now: it no longer sees an orphan.
+        s.coordinator.abort_orphans(s.partition("t", 1))
+        p2.commit_transaction()
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)
+        p2.close()
+        s.release()
+    assert values_of(read_all(conf, [("t", 1)])) == [b"t2"]      # never b"t1-1"
+
+
+INTERVAL_OWNER = r"""
+import os, signal, sys
+from pylog import Producer
+conf = {"bootstrap.servers": "file://" + sys.argv[1], "pylog.fsync": "interval",
+        "pylog.fsync.interval.ms": 600000}
+p = Producer({**conf, "transactional.id": "iv", "linger.ms": 0})
+p.init_transactions()
+p.begin_transaction()
+for i in range(3):
+    p.produce("a", value=b"a-%d" % i, partition=0)
+p.commit_transaction()                  # README: returns once the records and PrepareCommit are on disk
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+
+def test_interval_commit_survives_a_power_cut_right_after_commit(tmp_path):
+    conf = conf_for(tmp_path)
+    create_topics(conf, {"a": 1})
+    r = run_python(INTERVAL_OWNER, tmp_path,
+                   env={"PYLOG_FAILPOINTS": "txn.markers.sync.before=sleep:10000"})
+    assert r.returncode == -signal.SIGKILL, r.stderr.decode()
+    lose_unsynced_bytes(tmp_path, "a", 0)
+    assert values_of(read_all(conf, [("a", 0)])) == [b"a-0", b"a-1", b"a-2"]
+
+
+# ---------------------------------------------------------------------------
+# 7. an error from the marker-fsync worker that is not a KafkaException
+# ---------------------------------------------------------------------------
+
+def test_a_marker_fsync_oserror_is_reported_not_hung(tmp_path):
+    from pylog import failpoints
+    conf = conf_for(tmp_path)
+    create_topics(conf, {"a": 1})
+    reports = []
+    p = Producer({**conf, "transactional.id": "m", "linger.ms": 0, "pylog.fsync": "always"})
+    failpoints.set("txn.markers.sync.before", "eio")       # the crash harness's own failpoint
+    try:
+        p.init_transactions()
+        p.begin_transaction()
+        p.produce("a", value=b"1", partition=0)
+        p.commit_transaction()                # the worker's fsync of the markers fails
+        p.begin_transaction()
+        p.produce("a", value=b"2", partition=0, on_delivery=lambda e, m: reports.append(e))
+        try:
+            p.flush(3)
+        except Exception:                      # an error here is fine; silence is not
+            pass
+        left = p.flush(3)
+    finally:
+        failpoints.clear("txn.markers.sync.before")
+        p.close(1)
+    assert left == 0 and len(reports) == 1 and reports[0] is not None

@@ -46,6 +46,17 @@ def create_topics(conf, spec):
         admin.close()
 
 
+@contextlib.contextmanager
+def opened_store(path):
+    """The process's Store for path, released on the way out."""
+    from pylog.store import Store
+    s = Store.acquire(str(path))
+    try:
+        yield s
+    finally:
+        s.release()
+
+
 def err_of(excinfo_or_exc):
     e = getattr(excinfo_or_exc, "value", excinfo_or_exc)
     return e.args[0]
