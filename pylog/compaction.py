@@ -136,11 +136,16 @@ def compact(partition, config, now_ms=None, min_dirty_ratio=None, stop=None):
                                 reader.seg.log_path, e)
                     reader.close()
                     break
+                reader.close()
                 readable.append(reader)
             for reader in readable:
                 if stop is not None and stop():
                     return result
-                cleaner.rewrite(reader, result, stop)
+                if reader.reopen():
+                    try:
+                        cleaner.rewrite(reader, result, stop)
+                    finally:
+                        reader.close()
         finally:
             for reader in readable:
                 reader.close()
@@ -217,10 +222,23 @@ class _SegmentReader:
     is made from)."""
 
     def __init__(self, lg, seg, end):
+        self.lg = lg
         self.seg = Segment(lg.path, seg.base_offset, lg.config.index_interval_bytes)
         self.ino = os.fstat(self.seg.fd).st_ino
         self.end = end
         self.max_batch_size = lg.config.max_batch_size
+
+    def reopen(self):
+        """Open it again for the second pass (one segment open at a time, not
+        all of them); False if the file is no longer the one learnt from."""
+        try:
+            self.seg = Segment(self.lg.path, self.seg.base_offset, self.lg.config.index_interval_bytes)
+        except OSError:
+            return False                # deleted by retention meanwhile
+        if os.fstat(self.seg.fd).st_ino != self.ino:
+            self.seg.close()
+            return False
+        return True
 
     def batches(self):
         return _walk(self.seg.read, self.seg.size, self.seg.base_offset, self.end,
