@@ -315,11 +315,16 @@ class Coordinator:
     @staticmethod
     def _has_marker(part, pid, epoch):
         """True if part already holds this transaction's marker: the producer's
-        state there carries the marker's epoch and no open transaction."""
+        state there carries the marker's epoch.  Either the marker set it, or
+        a later transaction of the producer did, which it writes only after
+        this marker; recovery keeps a prefix of each log, so that batch being
+        there means the marker is too.  (An open transaction at that epoch is
+        such a later one, e.g. one whose registration a power loss undid, and
+        must not be ended by this marker.)"""
         part.refresh()
         with part.log._mutex:
             e = part.state.entries.get(pid)
-            return (e is not None and e.producer_epoch >= epoch and pid not in part.state.open_txns)
+            return e is not None and e.producer_epoch >= epoch
 
     # ---- hanging transactions ----
     def abort_orphans(self, part):
