@@ -11,7 +11,16 @@ filled, so purging unwritten records leaves no gap.
 
 Delivery reports (on_delivery(err, msg)) fire from poll(), flush() and
 commit_transaction(), in the calling thread, as in confluent-kafka.
+
+The C fast lane (csrc/fastprod.c, pylog._fastprod) replaces produce() with
+a builtin bound to the producer (the instance attribute `produce`) that
+queues the common shapes of record itself and hands every other call, and
+every call that may raise or must arm, recount or kick a queue, to the
+produce() below; the topic queues and their draining into batches are in C
+too (see sender.py).  PYLOG_NO_FASTPROD=1 in the environment when a Producer
+is created, or a build without the module, keeps the pure Python path.
 """
+import os
 import time
 
 from . import compression, config
@@ -19,11 +28,21 @@ from .codec import encode_headers
 from .errors import KafkaError, KafkaException
 from .producer_txn import ABORTABLE, FATAL, IN_TXN, INIT, READY, ProducerTxn, with_flags
 from .metrics import StatsEmitter
-from .sender import Sender, TopicQueue
+from .sender import Sender, TopicQueue, fast_topic_queue
 from .store import Store
+
+try:
+    from . import _fastprod
+except ImportError:             # not built: the Python path
+    _fastprod = None
 
 PARTITION_UA = -1
 _RECORD_OVERHEAD = 24           # worst-case framing of one record (varints, attributes)
+
+
+def fastprod_enabled():
+    """Whether a Producer created now uses the C fast lane."""
+    return _fastprod is not None and os.environ.get("PYLOG_NO_FASTPROD", "") in ("", "0")
 
 
 def _as_bytes(obj, what):
@@ -87,6 +106,13 @@ class Producer:
         self._sender = Sender(self)
         self._stats = StatsEmitter(self, "producer", c)     # stats_cb, statistics.interval.ms
         self._fast = False
+        self._lane = None
+        if fastprod_enabled() and type(self).produce is Producer.produce:
+            self._lane = _fastprod.Lane(self._queues, Producer.produce.__get__(self, type(self)),
+                                        self._max_value, self._max_msg, self._max_queue_bytes,
+                                        self._batch_msgs, self._batch_bytes, self._sender,
+                                        self._max_queue_msgs)
+            self.produce = self._lane.produce       # shadows the method below
         self._update_fast_path()
 
     def _update_fast_path(self):
@@ -94,12 +120,17 @@ class Producer:
         self._fast = (self._fatal is None and not self._closed and self._default_cb is None and
                       (self._txn is None and self._transactional_id is None or
                        self._txn is not None and self._txn.state == IN_TXN))
+        if self._lane is not None:
+            self._lane.fast = self._fast
 
     # ---- producing ----
     def produce(self, topic, value=None, key=None, partition=PARTITION_UA, on_delivery=None,
                 timestamp=0, headers=None, callback=None):
         """Queue one record; raises BufferError when the local queue is full
-        and KafkaException for oversized records and unknown partitions."""
+        and KafkaException for oversized records and unknown partitions.
+
+        (With the C fast lane, calls reach this method only through it: see
+        csrc/fastprod.c for the cases it queues itself.)"""
         tq = self._queues.get(topic)
         if (key is None and value.__class__ is bytes and tq is not None and self._fast
                 and partition == -1 and on_delivery is None and callback is None
@@ -204,7 +235,8 @@ class Producer:
         desc = self._store.ensure_topic(topic)
         tq = self._queues.get(topic)
         if tq is None:
-            tq = self._queues[topic] = TopicQueue(topic, desc["partitions"])
+            tq = self._queues[topic] = (TopicQueue if self._lane is None else fast_topic_queue)(
+                topic, desc["partitions"])
             for other in self._queues.values():   # several queues: see _check_room
                 other.room = 0
         return tq

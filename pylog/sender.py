@@ -13,6 +13,16 @@ non-empty: at most linger.ms before the call that produced them.
 
 Writers take the send lock and drain queues oldest record first, so each
 partition's batches are written in sequence order.
+
+With the C fast lane (pylog._fastprod, see producer.py) a TopicQueue and
+its deque are C objects with the same attributes and deque methods.  A
+queue of bare values is cut into batches by one C call (Deque.take_bare,
+the cuts of _split_bare) and each batch is encoded by another (Encoder),
+into a bytearray that _encode completes (producer id, epoch, sequence, CRC)
+and the log stamps with its offset, both in place: no b"".join, no length
+arrays, no copy.  Unless pylog.fsync is always, such batches are appended
+one per call, so the encoder's one buffer is reused from batch to batch
+instead of fresh memory (page faults) for everything taken.
 """
 import bisect
 import collections
@@ -22,9 +32,10 @@ import threading
 import time
 from array import array
 
-from ._bridge import Builder, raise_for
+from . import compression
+from ._bridge import Builder, raise_for, write_header
 from ._native import ffi, lib
-from .codec import seal
+from .codec import ATTR_TRANSACTIONAL, seal
 from .errors import KafkaError, KafkaException, StorageError
 from .message import Message, TIMESTAMP_CREATE_TIME
 
@@ -34,6 +45,12 @@ NOT_WRITTEN = -1001
 _FENCING = (KafkaError.INVALID_PRODUCER_EPOCH, KafkaError.PRODUCER_FENCED)
 _FATAL_IDEMPOTENCE = (KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, KafkaError.INVALID_PRODUCER_EPOCH,
                       KafkaError.PRODUCER_FENCED, KafkaError.UNKNOWN_PRODUCER_ID, KafkaError._FENCED)
+
+try:
+    from . import _fastprod
+    _FastDeque = _fastprod.Deque
+except ImportError:             # not built: only the Python TopicQueue below
+    _fastprod = _FastDeque = None
 
 
 class TopicQueue:
@@ -54,17 +71,25 @@ class TopicQueue:
         self.room = 0               # records this queue may take (see Producer._arm)
 
 
+def fast_topic_queue(topic, nparts):
+    """TopicQueue for the C fast lane: the same attributes, in C."""
+    return _fastprod.TopicQueue(topic, nparts, random.randrange(nparts))
+
+
 class _Batch:
     """Records of one partition on their way to the log."""
 
-    __slots__ = ("topic", "partition", "recs", "ts0")
+    __slots__ = ("topic", "partition", "recs", "ts0", "n", "raw")
 
-    def __init__(self, topic, partition, recs, ts0):
+    def __init__(self, topic, partition, recs, ts0, raw=None, n=0):
         self.topic = topic
         self.partition = partition
-        # bare values, or (value, key, cb, timestamp, headers, encoded headers, header count)
+        # bare values, or (value, key, cb, timestamp, headers, encoded headers, header count);
+        # () when raw holds the batch encoded already (bare values: no callbacks)
         self.recs = recs
         self.ts0 = ts0              # the timestamp of records queued without one
+        self.raw = raw              # a Deque of n bare values from Deque.take_bare
+        self.n = n if raw is not None else len(recs)
 
 
 class Sender:
@@ -79,6 +104,7 @@ class Sender:
         self.batch_msgs = c["batch.num.messages"]
         self.batch_bytes = c["batch.size"]
         self.codec = producer._codec
+        self.encoder = _fastprod.Encoder() if _fastprod is not None else None
         self.wake = threading.Event()
         self.thread = None
 
@@ -129,13 +155,24 @@ class Sender:
         if not n:
             return []
         self.inflight += n                    # before popping: flush() must never see 0 + 0
-        pop = dq.popleft
-        items = [pop() for _ in range(n)]
+        p = self.p
+        cb0 = p._default_cb
+        if dq.__class__ is _FastDeque:
+            if cb0 is None and self.codec == compression.NONE:
+                parts = dq.take_bare(n, self.batch_msgs, self.batch_bytes)
+                if parts is not None:
+                    tq.bytes = 0
+                    tq.kicked = False
+                    ts0 = tq.first_ts or time.time_ns() // 1000000
+                    return self._stick(tq, [_Batch(tq.topic, -1, (), ts0, part, count)
+                                            for part, count in parts])
+            items = dq.popmany(n)
+        else:
+            pop = dq.popleft
+            items = [pop() for _ in range(n)]
         tq.bytes = 0
         tq.kicked = False
         ts0 = tq.first_ts or time.time_ns() // 1000000
-        p = self.p
-        cb0 = p._default_cb
         if cb0 is None and set(map(type, items)) == _BARE:
             return self._stick(tq, self._split_bare(tq.topic, -1, items, ts0))
         recs, keys, key_lens, explicit = [], [], array("q"), []
@@ -218,6 +255,13 @@ class Sender:
         """The batch's bytes, with producer id, epoch and base sequence."""
         p = self.p
         recs, ts0 = b.recs, b.ts0
+        if b.raw is not None:
+            buf = self.encoder.encode(b.raw, ts0)
+            # the header as pl_builder_finish writes it, and the CRC, in place
+            write_header(buf, 0, ATTR_TRANSACTIONAL if p._txn is not None else 0, b.n - 1,
+                         ts0, ts0, p._producer_id, p._producer_epoch,
+                         seq if p._idempotent else -1, b.n)
+            return buf
         if recs[0].__class__ is bytes:
             lens = array("q", map(len, recs))
             builder = Builder(64 + sum(lens) + 16 * len(recs))
@@ -267,10 +311,19 @@ class Sender:
         err, results, raw, seq = None, None, [], first_seq
         try:
             part = p._store.partition(topic, partition)
-            for b in group:
-                raw.append(self._encode(b, seq))
-                seq = (seq + len(b.recs)) % SEQ_MODULO
-            results = part.append(raw, sync=p._fsync)
+            if group[0].raw is not None and p._fsync != "always":
+                # One batch per append (see the module docstring): the same
+                # checks and offsets as one append of the group; a failure
+                # leaves the batches before it written and reported so.
+                results = []
+                for b in group:
+                    results.extend(part.append([self._encode(b, seq)], sync=p._fsync))
+                    seq = (seq + b.n) % SEQ_MODULO
+            else:
+                for b in group:
+                    raw.append(self._encode(b, seq))
+                    seq = (seq + b.n) % SEQ_MODULO
+                results = part.append(raw, sync=p._fsync)
         except KafkaException as e:
             err = e.args[0]
             if p._idempotent and isinstance(e, StorageError):
@@ -279,10 +332,10 @@ class Sender:
                 p._set_fatal(err)
         next_seq = first_seq
         for i, b in enumerate(group):
-            r = results[i] if results is not None else None
+            r = results[i] if results is not None and i < len(results) else None
             e = err if r is None else r.error
             if e is None and next_seq is not None:
-                next_seq = (next_seq + len(b.recs)) % SEQ_MODULO
+                next_seq = (next_seq + b.n) % SEQ_MODULO
             elif e is not None:
                 if next_seq is not None:
                     self.seq[key] = next_seq
@@ -305,7 +358,7 @@ class Sender:
         reports = []
         topic, partition = b.topic, b.partition
         recs = b.recs
-        if recs[0].__class__ is bytes and recs[-1].__class__ is bytes:
+        if b.raw is not None or recs[0].__class__ is bytes and recs[-1].__class__ is bytes:
             recs = ()                            # bare values: no callbacks to call
         for i, r in enumerate(recs):
             if r.__class__ is bytes:
@@ -318,7 +371,7 @@ class Sender:
                                              key, value, headers, ts, err, TIMESTAMP_CREATE_TIME)))
         with self.report_cv:
             self.reports.extend(reports)
-            self.inflight -= len(b.recs)
+            self.inflight -= b.n
             self.report_cv.notify_all()
 
     def serve(self):
