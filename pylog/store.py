@@ -52,6 +52,9 @@ class Partition:
         self.state.verify_txn = lambda pid, epoch: store.coordinator.verify_write(
             pid, epoch, topic, partition)
         with self.log.locked():
+            # Another process may have appended (and snapshotted past that)
+            # since the log was opened: a stale end would look like a lost tail.
+            self.log.refresh()
             store.meta.view(lambda txn: self.state.load(store.meta, txn, self.pk, self.log.next_offset))
             self.state.catch_up(self.log)
 

@@ -218,3 +218,42 @@ def test_concurrent_flushes_share_fsyncs_group_commit(tmp_path):
     assert 0 < fsyncs < appends, (fsyncs, appends)
     _check_exactly_once(path, n)
     print("group commit: %d appends, %d fsyncs (%.2f per append)" % (appends, fsyncs, fsyncs / appends))
+
+
+def _append_and_snapshot_main(path, batch):
+    s = Store.acquire(path)
+    try:
+        part = s.partition("t", 0)
+        assert part.append([batch])[0].appended
+        part.snapshot()
+    finally:
+        s.release()
+
+
+def test_opening_a_partition_takes_in_appends_made_while_it_opened(tmp_path, monkeypatch, caplog):
+    """Another process appends and snapshots producer state between this
+    process opening the log and loading that snapshot: the snapshot is not
+    ahead of the log (nothing was lost), and the batch is a duplicate here."""
+    import logging
+    from pylog import log as log_mod, testing
+    path = str(tmp_path)
+    s = Store.acquire(path)
+    s.create_topic("t", 1)
+    s.release()
+    batch = bytes(codec.encode_batch([(1_700_000_000_000, None, b"v", None)], 777, 0, 0))
+    real_init = log_mod.PartitionLog.__init__
+
+    def init_then_other_process_appends(self, *a, **kw):
+        real_init(self, *a, **kw)
+        r = testing.run_in_child(_append_and_snapshot_main, path, batch, timeout=60)
+        assert r.ok, r.error
+    monkeypatch.setattr(log_mod.PartitionLog, "__init__", init_then_other_process_appends)
+    s = Store.acquire(path)
+    try:
+        with caplog.at_level(logging.WARNING, logger="pylog.producer_state"):
+            part = s.partition("t", 0)
+        assert not [r for r in caplog.records if "ahead of the log" in r.getMessage()]
+        dup = part.append([batch])[0]
+        assert not dup.appended and dup.base_offset == 0
+    finally:
+        s.release()
