@@ -592,3 +592,24 @@ def test_snapshot_fsyncs_bytes_appended_by_other_processes(store_path, monkeypat
         assert synced, "state_end 2 recorded without an fsync of the log"
     finally:
         s.release()
+
+
+@pytest.mark.parametrize("policy,fsyncs", [("never", 0), ("always", 1)])
+def test_a_snapshot_fsyncs_the_log_unless_fsync_is_never(tmp_path, policy, fsyncs):
+    """pylog.fsync=never gives up durability on a power loss, so the producer
+    state snapshot (every 16 MiB) does not fsync the log first: a snapshot left
+    ahead of the log is trimmed on load (test_snapshot_ahead_of_log_*)."""
+    from pylog import failpoints
+    s = Store(str(tmp_path), {"pylog.fsync": policy})
+    try:
+        s.create_topic("t", 1)
+        part = s.partition("t", 0)
+        part.append([batch(0)], sync="never")
+        failpoints.set("fsync.before", "sleep:0")
+        try:
+            part.snapshot()
+            assert failpoints.hits("fsync.before") == fsyncs
+        finally:
+            failpoints.clear("fsync.before")
+    finally:
+        s.close()
