@@ -575,7 +575,7 @@ def test_expiration_counts_from_the_last_write_not_the_batch_timestamp(store_pat
 # and never fsynced were vouched for by LMDB's state_end.
 def test_snapshot_fsyncs_bytes_appended_by_other_processes(store_path, monkeypatch):
     from pylog import fsutil
-    s = Store.acquire(store_path)
+    s = Store.acquire(store_path, {"pylog.fsync": "always"})    # "never" skips the fsync
     part = s.partition(TOPIC, 0)                 # open before the other process writes
     _run_child(store_path, """
         part = Store.acquire(path).partition("t", 0)
