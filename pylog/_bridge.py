@@ -263,10 +263,23 @@ def record_size(key_len, value_len, headers_len=0, header_count=0, ts_delta=0, o
 
 
 # ---- decoding ----
+# Most records one batch may hold, and headers one record may hold, for
+# decoding.  Checked before anything is allocated for them: a count bounded
+# only by the bytes (a record takes at least 7 of a records region that may
+# decompress to 128 MiB) would let a few KiB of crafted zstd cost gigabytes
+# (8 int64 per record, then Python objects).  pylog's producer never writes
+# more records per batch (batch.num.messages is at most 1000000).
+MAX_BATCH_RECORDS = 1000000
+MAX_RECORD_HEADERS = 1000000
+
+
 def decode_records(recs, count, base_offset, base_timestamp):
     """Flat list of REC_FIELDS ints per record (see pylog.h), after full validation."""
     if count < 0 or count * 7 > len(recs):
         raise CorruptRecordError("record count %d does not fit in %d bytes" % (count, len(recs)))
+    if count > MAX_BATCH_RECORDS:
+        raise CorruptRecordError("batch of %d records is over pylog's limit of %d records "
+                                 "per batch" % (count, MAX_BATCH_RECORDS))
     out = ffi.new("int64_t[]", max(count, 1) * REC_FIELDS)
     n = ffi.new("int32_t *")
     rc = lib.pl_decode_records(ffi.from_buffer(recs), len(recs), count, base_offset,
@@ -284,6 +297,9 @@ def decode_headers(buf, count):
     # damaged count cannot ask for gigabytes (decode_records does the same).
     if count < 0 or count * 2 > len(buf):
         raise CorruptRecordError("header count %d does not fit in %d bytes" % (count, len(buf)))
+    if count > MAX_RECORD_HEADERS:
+        raise CorruptRecordError("record with %d headers is over pylog's limit of %d"
+                                 % (count, MAX_RECORD_HEADERS))
     out = ffi.new("int64_t[]", count * 4)
     rc = lib.pl_decode_headers(ffi.from_buffer(buf), len(buf), count, out)
     if rc:

@@ -8,6 +8,10 @@ on from Python (set/clear) or by the environment at import:
 Actions: kill (SIGKILL this process), eio / enospc (raise OSError once),
 eio! / enospc! (raise on every hit from then on), sleep:<ms>.  "@k" fires on
 the k-th hit only (1-based), counting hits since the failpoint was set.
+
+CATALOGUE below names every failpoint pylog's code hits and the step it
+marks (pylog.testing.failpoint_names() reads the names from the source; a
+test keeps the two equal).
 """
 import errno
 import os
@@ -15,6 +19,66 @@ import signal
 import time
 
 _active = {}     # name -> [action, fire_at_hit, hits]
+
+CATALOGUE = {
+    # durability primitives (pylog.fsutil)
+    "write": "before writing the .tmp file of an atomic replace (recovery point, "
+             "log start and other offset files, index files)",
+    "rename": "before renaming an atomic replace's .tmp over the file",
+    "fsync.before": "before every fsync of a file or a directory",
+    "fsync.after": "after every fsync of a file or a directory returned",
+    "truncate": "before cutting a segment (a dead writer's tail, truncate_to, the bytes "
+                "past a failed fsync)",
+    # appending (log, segment)
+    "log.write": "before the write(2) of batches to the active segment",
+    "log.append.after_write": "after batches are written to the segment, before their "
+                              "fsync and before LMDB records anything of them",
+    "log.sync_marker.before": "before the group-commit .sync marker (fsynced position, "
+                              "failed flag) is written",
+    "log.sync_marker.after": "after the .sync marker is written",
+    "index.append": "before index entries are appended to the .index file",
+    "index.append.time": "between the .index and the .timeindex appends",
+    # segment roll
+    "log.roll.before": "before a roll fsyncs the old segment",
+    "log.roll.created": "after the new segment file exists, before its directory fsync",
+    "log.roll.after": "after a roll, its recovery point written",
+    # recovery and index rebuilds
+    "recovery.segment": "before a segment is validated on open",
+    "recovery.truncate": "before recovery cuts a segment's invalid tail",
+    "recovery.drop_segment": "before recovery deletes each segment after a cut",
+    "recovery.discard": "on open after a failed fsync, before the bytes past the last "
+                        "good fsync are cut",
+    "recovery.point": "after recovery's fsync, before the new recovery point is written",
+    "index.rebuild": "before the index entries of a segment are re-derived",
+    "index.save.between": "mid index rebuild: the new .index is in place, the "
+                          ".timeindex not yet",
+    # LMDB (producer state, transaction state, offsets, groups)
+    "meta.commit.before": "before every LMDB write transaction commits",
+    "meta.commit.after": "after every LMDB write transaction committed",
+    "meta.durable.after": "after a durable commit's meta page is flushed too (Prepare*)",
+    # the transaction coordinator
+    "txn.init.before": "init_transactions: the previous instance's transaction is "
+                       "settled, the epoch bump is not yet committed",
+    "txn.add_partitions.after": "partitions recorded in the Ongoing transaction, "
+                                "nothing written to them yet",
+    "txn.add_offsets.after": "group offsets staged in the Ongoing transaction",
+    "txn.prepare.before": "before PrepareCommit/PrepareAbort (the commit point)",
+    "txn.prepare.after": "Prepare* durable, no marker written yet",
+    "txn.marker.after": "after each partition's marker (between markers)",
+    "txn.markers.sync.before": "commit_transaction() returned; the producer's marker "
+                               "fsync (a worker thread) not yet started",
+    "txn.complete.before": "markers written and fsynced, Complete* not yet recorded",
+    "txn.complete.after": "after Complete* is recorded",
+    # pylog.streams
+    "streams.commit.before": "streams runner: changelog produced, transaction not yet "
+                             "committed",
+    "streams.commit.after": "streams runner: committed, the local stores not yet updated",
+    # compaction
+    "compaction.cleaned.written": "the cleaned copy of a segment is written, not yet "
+                                  "checked, fsynced or swapped in",
+    "compaction.swap": "the old segment's index files removed, before the cleaned "
+                       "segment is renamed over it",
+}
 
 
 def set(name, action, at=1):

@@ -212,11 +212,13 @@ class PartitionLog:
             # committed, durable records.
             self._write_sync_marker(synced[0], synced[1], True)
             raise
+        failpoints.hit("recovery.point")
         self._write_recovery_point(*self._tail_point())
 
     def _drop_segments_after(self, i):
         for seg in self._segments[i + 1:]:
             log.warning("%s: deleting segment %s after a truncation", self.path, seg.log_path)
+            failpoints.hit("recovery.drop_segment")
             seg.delete()
         del self._segments[i + 1:]
         del self._bases[i + 1:]
@@ -237,7 +239,9 @@ class PartitionLog:
         if i + 1 < len(self._segments):
             self._drop_segments_after(i)
         seg = self._segments[i]
+        failpoints.hit("recovery.discard")
         if os.fstat(seg.fd).st_size > pos:
+            failpoints.hit("truncate")
             os.ftruncate(seg.fd, pos)
             seg.size = min(seg.size, pos)
         # the recovery point may name bytes that are gone now: rescan from 0
@@ -559,6 +563,7 @@ class PartitionLog:
         self._segments.append(new)
         self._bases.append(new.base_offset)
         self._write_recovery_point(new, 0, -1)
+        failpoints.hit("log.roll.after")
         log.info("%s: rolled to segment %d", self.path, new.base_offset)
 
     def _check_writable(self):
@@ -609,7 +614,9 @@ class PartitionLog:
         return _SYNC.unpack(raw)
 
     def _write_sync_marker(self, base, pos, failed):
+        failpoints.hit("log.sync_marker.before")
         os.pwrite(self._sync_fd, _SYNC.pack(base, pos, failed), 0)
+        failpoints.hit("log.sync_marker.after")
 
     def sync(self, force=False):
         """fsync the active segment if this process wrote to it since its last

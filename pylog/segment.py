@@ -100,8 +100,10 @@ class Segment:
         try:
             if self._idx_fd is None:
                 self._open_index_files()
+            failpoints.hit("index.append")
             os.write(self._idx_fd, idx)
             if tidx:
+                failpoints.hit("index.append.time")
                 os.write(self._tidx_fd, tidx)
         except OSError as e:
             log.warning("cannot write index of %s: %s", self.log_path, e)
@@ -274,6 +276,7 @@ class Segment:
         self._idx_fd = self._tidx_fd = None
         try:
             fsutil.write_atomic(self.index_path, idx, durable=False)
+            failpoints.hit("index.save.between")
             fsutil.write_atomic(self.timeindex_path, tidx, durable=False)
             self._open_index_files()
         except OSError as e:

@@ -26,7 +26,8 @@ lambda or a closure), and a script using this module needs the usual
 Failpoints are given as {name: action}.  Actions: "kill" (SIGKILL),
 "eio"/"enospc" (raise OSError once), "eio!"/"enospc!" (on every hit from
 then on), "sleep:MS"; a suffix "@k" fires on the k-th hit only, e.g.
-{"fsync.before": "eio@3"}.  failpoint_names() lists the names pylog has.
+{"fsync.before": "eio@3"}.  failpoint_names() lists the names pylog has;
+pylog.failpoints.CATALOGUE says which step each one marks.
 The child's failpoints are those of its PYLOG_FAILPOINTS environment variable
 (inherited, or set through env=) plus the ones given.
 

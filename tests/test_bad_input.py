@@ -409,3 +409,121 @@ def test_admin_config_is_validated(conf):
     with pytest.raises(KafkaException) as ei:
         AdminClient({**conf, "no.such.property": 1})
     assert code_of(ei) == KafkaError._INVALID_ARG
+
+
+# ---- record counts read from disk: bounded before allocation ----
+#
+# A records region may decompress to 128 MiB, and a record takes at least 7
+# bytes of it: 19 million records from 12 KiB of zstd.  Decoding allocates
+# per record (8 int64 positions, then Python objects), so the record count
+# must be bounded by more than the bytes: pylog refuses a batch of over
+# _bridge.MAX_BATCH_RECORDS records (what its producer's batch.num.messages
+# allows at most) with CorruptRecordError, before allocating for it.
+
+def crafted_batch(region_bytes):
+    """A zstd batch whose records region is region_bytes of minimal records
+    (7 bytes each: no key, no value, no headers), with a valid CRC."""
+    from pylog import _bridge, compression
+    n = region_bytes // 7
+    packed = compression.compress(compression.ZSTD, bytes([0x0c, 0, 0, 0, 1, 1, 0]) * n)
+    buf = bytearray(61 + len(packed))
+    buf[61:] = packed
+    _bridge.write_header(buf, 0, compression.ZSTD, n - 1, 1000, 1000, -1, -1, -1, n)
+    return bytes(buf), n
+
+
+def decode_crafted_child(path, how):
+    """Decode the batch in path through `how`; (outcome, peak RSS in MiB).
+    Address space capped at 2 GiB: a regression fails here, not the machine."""
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+    from pylog import _bridge, codec
+    from pylog.errors import CorruptRecordError
+    with open(path, "rb") as f:
+        batch = f.read()
+    try:
+        if how == "codec":
+            found, _, _ = _bridge.scan(batch, 0x7FFFFFFF, True)
+            outcome = "decoded %d" % len(codec.decode_batch(batch, found[0]))
+        else:
+            outcome = consume_crafted(batch, how)
+    except CorruptRecordError as e:
+        outcome = "CorruptRecordError: " + e.args[0].str()
+    except MemoryError:
+        outcome = "MemoryError"
+    return outcome, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
+def consume_crafted(batch, how):
+    import tempfile
+    import pylog.consumer
+    from pylog.store import Store
+    if how == "consumer-python":
+        pylog.consumer._decode_messages = None          # the fallback: _bridge.decode_records
+    store = tempfile.mkdtemp()
+    conf = {"bootstrap.servers": "file://" + store}
+    AdminClient(conf).create_topics([NewTopic("t", 1)])["t"].result()
+    s = Store.acquire(store)
+    try:
+        s.partition("t", 0).append([batch])
+    finally:
+        s.release()
+    c = Consumer({**conf, "group.id": "g", "auto.offset.reset": "earliest"})
+    try:
+        c.assign([TopicPartition("t", 0, 0)])
+        got = c.consume(10, 5.0)
+        return "consumed %d" % len(got)
+    finally:
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def crafted_128mib(tmp_path_factory):
+    batch, n = crafted_batch(128 << 20)
+    assert len(batch) < 64 << 10 and n > 19000000
+    path = tmp_path_factory.mktemp("crafted") / "batch"
+    path.write_bytes(batch)
+    return str(path)
+
+
+@pytest.mark.parametrize("how", ["codec", "consumer-python"])
+def test_batch_of_millions_of_tiny_records_is_refused_before_allocation(crafted_128mib, how):
+    from pylog import testing
+    r = testing.run_in_child(decode_crafted_child, crafted_128mib, how, timeout=120)
+    assert r.ok, r.error
+    outcome, peak_mib = r.value
+    assert outcome.startswith("CorruptRecordError: batch of 19173961 records is over")
+    # The decompressed region (128 MiB, copied once on the way) and the
+    # interpreter: about 300 MiB; not 8 int64 and a Message per record
+    # (without the bound: MemoryError at the 2 GiB cap).
+    assert peak_mib < 450, outcome
+
+
+def test_batch_of_millions_of_tiny_records_is_refused_by_the_c_message_decoder(tmp_path):
+    import pylog.consumer
+    if getattr(pylog.consumer, "_decode_messages", None) is None:
+        pytest.skip("the consumer decodes without pylog._fastmsg here")
+    from pylog import testing
+    batch, n = crafted_batch(24 << 20)              # 3.6 million records: ~600 MiB of Messages
+    path = tmp_path / "batch"
+    path.write_bytes(batch)
+    r = testing.run_in_child(decode_crafted_child, str(path), "consumer", timeout=120)
+    assert r.ok, r.error
+    outcome, peak_mib = r.value
+    assert outcome.startswith("CorruptRecordError: batch of %d records is over" % n)
+    assert peak_mib < 450, outcome
+
+
+def test_record_count_limit_is_what_the_producer_can_write():
+    from pylog import _bridge
+    from pylog.config import _PRODUCER
+    assert _PRODUCER["batch.num.messages"][3] == _bridge.MAX_BATCH_RECORDS
+
+
+def test_header_count_over_the_limit_is_refused_before_allocation():
+    from pylog import _bridge
+    from pylog.errors import CorruptRecordError
+    n = _bridge.MAX_RECORD_HEADERS + 1
+    with pytest.raises(CorruptRecordError, match="headers is over"):
+        _bridge.decode_headers(bytes([0, 1]) * n, n)     # n empty keys with null values
+    assert len(_bridge.decode_headers(bytes([0, 1]) * 3, 3)) == 3

@@ -162,6 +162,16 @@ def test_failpoint_names_lists_the_steps_pylog_marks():
     assert names == sorted(set(names))
 
 
+def test_every_failpoint_is_catalogued_with_its_step():
+    from pylog import failpoints
+    names = set(testing.failpoint_names())
+    missing = sorted(names - set(failpoints.CATALOGUE))
+    stale = sorted(set(failpoints.CATALOGUE) - names)
+    assert not missing, "add these to pylog.failpoints.CATALOGUE: %s" % missing
+    assert not stale, "pylog no longer hits these; drop them from CATALOGUE: %s" % stale
+    assert all(isinstance(v, str) and v for v in failpoints.CATALOGUE.values())
+
+
 # ---- the use case: kill at a failpoint, then check the data ----
 
 def test_kill_at_the_commit_point_then_read_back_rolls_the_transaction_forward(store):

@@ -4,8 +4,8 @@ scenarios and print the scoreboard.  Exit status 1 if any anomaly was found.
 SCENARIO is 1-6, a name (kill, failpoints, powerloss, ioerrors, recovery,
 soak) or "all".  --quick gives every scenario its CI size (seconds each);
 without it the defaults are the full run: 250 trials x 2 kills, every
-failpoint x 3 hits, 1000 power losses, every I/O error case, 100 recovery
-trials x 3 kills, a 120 s soak.
+failpoint x its first 3 hits and 2 later ones, 1000 power losses, every I/O
+error case, 100 recovery trials x 3 kills, a 120 s soak.
 """
 import argparse
 import os
@@ -17,8 +17,8 @@ from .harness import print_scoreboard
 
 FULL = {"1": 250, "2": 0, "3": 1000, "4": 0, "5": 100, "6": 1}
 QUICK = {"1": 3, "2": 16, "3": 6, "4": 8, "5": 2, "6": 1}
-QUICK_OPTS = dict(kills=2, hits=1, cycles=3, recovery_kills=2, duration=5.0, min_s=0.1, max_s=0.4,
-                  io_arms=("open",))
+QUICK_OPTS = dict(kills=2, hits=1, later=0, cycles=3, recovery_kills=2, duration=5.0, min_s=0.1,
+                  max_s=0.4, io_arms=("open",))
 
 
 def main(argv=None):
@@ -32,7 +32,12 @@ def main(argv=None):
     ap.add_argument("--duration", type=float, default=None, help="scenario 6: seconds per trial")
     ap.add_argument("--kills", type=int, default=None, help="scenario 1: kills per trial")
     ap.add_argument("--hits", type=int, default=None, help="scenarios 2, 4: first N hits")
+    ap.add_argument("--later", type=int, default=None,
+                    help="scenario 2: also N later hits, spread to the last")
     ap.add_argument("--cycles", type=int, default=None, help="scenario 3: power losses per store")
+    ap.add_argument("--lmdb", choices=("keep", "undo", "random"), default=None,
+                    help="scenario 3: LMDB's last commit survives a power loss, is undone "
+                         "(if metasync is off), or either (default)")
     ap.add_argument("--failpoint", action="append", default=None,
                     help="scenario 2: only this failpoint (repeatable)")
     ap.add_argument("--arm", choices=("start", "open", "both"), default=None,
@@ -48,7 +53,7 @@ def main(argv=None):
         if n not in scenarios.SCENARIOS:
             ap.error("unknown scenario %r" % args.scenario)
     opts = scenarios.Options(**(QUICK_OPTS if args.quick else {}))
-    for k in ("duration", "kills", "hits", "cycles"):
+    for k in ("duration", "kills", "hits", "later", "cycles", "lmdb"):
         if getattr(args, k) is not None:
             setattr(opts, k, getattr(args, k))
     opts.failpoints = args.failpoint

@@ -28,7 +28,9 @@ class Options:
         self.min_s = 0.1                # random kill window, seconds after a start
         self.max_s = 0.6
         self.hits = 3                   # scenario 2/4: crash at hits 1..hits of each failpoint
+        self.later = 2                  # scenario 2: and at this many later hits, the last included
         self.cycles = 5                 # scenario 3: power losses per store
+        self.lmdb = "random"            # scenario 3: LMDB's last commit: keep, undo or random
         self.recovery_kills = 3         # scenario 5: kills during recovery per trial
         self.duration = 120.0           # scenario 6: seconds per trial
         self.producers = 3              # scenario 6
@@ -142,12 +144,15 @@ def kill_during_transactions(trials, seed, root, opts):
 # ---- 2: every failpoint x its first few hits, crash at each ----
 
 FP_TOPICS = {"a": 2, "b": 1}
-FP_CONFIG = {"segment.bytes": 700}         # a roll every few transactions
+# A roll every few transactions, and index entries inside each segment.
+FP_CONFIG = {"segment.bytes": 700, "index.interval.bytes": 200}
 
 
 def _failpoint_base(root, seed, out):
     """A store that opening has work to do on: a transaction left in
-    PrepareCommit (killed at its commit point), and a torn tail."""
+    PrepareCommit (killed at its commit point), a torn tail, and a
+    partition whose last fsync failed (the next open discards what followed
+    the last good one)."""
     t = Trial(root, "s2-base")
     if run_step(out, "create topics", workload.create_topics, t.store, FP_TOPICS, FP_CONFIG) is None:
         return None
@@ -158,7 +163,18 @@ def _failpoint_base(root, seed, out):
         expect_ok(out, r, "base workload")
         return None
     _torn_tail(t.store, "a", 0, random.Random(seed))
+    workload.fail_sync_marker(t.store, "b", 0)
     return t
+
+
+def _crash_hits(total, first, later):
+    """Hits 1..first, then `later` more evenly spaced up to total (the last
+    included), of a failpoint a dry run hit total times."""
+    out = set(range(1, min(first, total) + 1))
+    rest = total - first
+    if rest > 0:
+        out.update(first - (-rest * i // later) for i in range(1, later + 1))   # ceil
+    return sorted(out)
 
 
 def _torn_tail(store, topic, partition, rng, n=37):
@@ -168,10 +184,14 @@ def _torn_tail(store, topic, partition, rng, n=37):
 
 def every_failpoint(trials, seed, root, opts):
     """For every failpoint pylog hits (pylog.testing.failpoint_names()) and
-    each of its first opts.hits hits: copy a base store that needs recovery
-    and a roll-forward, run opening + transactions + idempotent writes with
-    fsync=always and small segments, SIGKILL at that hit, then verify.
-    trials caps the number of (failpoint, hit) pairs (0: all)."""
+    each of its first opts.hits hits, plus opts.later hits spread over the
+    rest of a dry run's count (the last one included: failpoints that
+    opening crosses first, such as fsync or the LMDB commit, are then also
+    crashed at in the middle and at the end of the workload): copy a base
+    store that needs recovery and a roll-forward, run opening + transactions
+    + idempotent writes with fsync=always and small segments, SIGKILL at
+    that hit, then verify.  trials caps the number of (failpoint, hit) pairs
+    (0: all)."""
     out = Outcome("2 every failpoint", 0, seed)
     base = _failpoint_base(root, seed, out)
     if base is None:
@@ -187,7 +207,7 @@ def every_failpoint(trials, seed, root, opts):
         if not expect_ok(out, r, "dry run"):
             return out
         hits = r.value
-        pairs = [(n, k) for n in names for k in range(1, min(opts.hits, hits.get(n, 0)) + 1)]
+        pairs = [(n, k) for n in names for k in _crash_hits(hits.get(n, 0), opts.hits, opts.later)]
         for n in names:
             if not hits.get(n):
                 out.note("not crossed: " + n)
@@ -224,7 +244,9 @@ def power_loss(trials, seed, root, opts):
     """Per store, opts.cycles times: a transactional and an idempotent
     producer write with fsync=always (the fsync recorder on), SIGKILL at a
     random moment, then everything past each file's last fsync is cut,
-    zero-filled, garbled or kept (powerloss.apply); the next cycle opens the
+    zero-filled, garbled or kept, and LMDB keeps its last commit or loses it
+    (opts.lmdb "random": half the time, if the child made it and the LMDB
+    settings allow it, see powerloss.apply); the next cycle opens the
     damaged store.  trials counts power losses.  No acknowledged record may
     be lost."""
     out = Outcome("3 power loss", 0, seed)
@@ -239,6 +261,7 @@ def power_loss(trials, seed, root, opts):
                 break
             for cycle in range(min(opts.cycles, trials - out.trials)):
                 before = powerloss.snapshot(t.store)
+                lmdb_before = powerloss.lmdb_txnid(t.store)
                 proc = "pl%d" % cycle
                 fsync_log = t.log("fsync", proc)
                 c = t.start(workload.powerloss_phase, t.store, proc, "tx-pl", t.logs, TOPICS,
@@ -250,7 +273,8 @@ def power_loss(trials, seed, root, opts):
                 if not r.killed:
                     expect_ok(out, r, "power-loss workload")
                 records = powerloss.read_records(fsync_log)
-                summary = powerloss.apply(t.store, records, before, rng, mode="garble")
+                summary = powerloss.apply(t.store, records, before, rng, mode="garble",
+                                          lmdb=opts.lmdb, lmdb_before=lmdb_before)
                 for k, v in summary.items():
                     out.note(k, v)
             _finish(out, t, opts, tids=["tx-pl"])
@@ -262,7 +286,7 @@ def power_loss(trials, seed, root, opts):
 # ---- 4: I/O errors ----
 
 IO_TARGETS = ("write", "log.write", "fsync.before", "fsync.after", "rename", "truncate",
-              "recovery.truncate")
+              "recovery.truncate", "log.sync_marker.before", "index.save.between")
 IO_ACTIONS = ("eio", "eio!", "enospc", "enospc!")
 
 
@@ -365,19 +389,23 @@ def workload_events(path):
 
 # ---- 5: kill -9 during recovery, repeatedly ----
 
-RECOVERY_POINTS = ("recovery.segment", "recovery.truncate", "index.rebuild", "write", "rename",
-                   "fsync.before", "fsync.after", "log.write", "log.append.after_write",
-                   "txn.marker.after", "txn.complete.after")
+RECOVERY_POINTS = ("recovery.segment", "recovery.truncate", "recovery.drop_segment",
+                   "recovery.discard", "recovery.point", "index.rebuild", "index.save.between",
+                   "write", "rename", "truncate", "fsync.before", "fsync.after",
+                   "log.sync_marker.before", "log.sync_marker.after", "log.write",
+                   "log.append.after_write", "meta.commit.before", "meta.commit.after",
+                   "txn.marker.after", "txn.complete.before", "txn.complete.after")
 
 
 def kill_during_recovery(trials, seed, root, opts):
     """Damage a store (a writer killed mid-run, a transaction left at its
     commit point, then one of: a torn tail, a batch cut in half, a deleted
-    index, a damaged or missing recovery point), copy it, recover the copy
-    once cleanly for the reference digest, then recover the original while
-    killing it opts.recovery_kills times (at a recovery failpoint hit drawn
-    from the reference's hit counts, or at a random moment), and recover it
-    twice more: both digests must equal the reference."""
+    index, a damaged or missing recovery point, a failed last fsync), copy
+    it, recover the copy once cleanly for the reference digest, then recover
+    the original while killing it opts.recovery_kills times (at a recovery
+    failpoint hit drawn from the reference's hit counts, or at a random
+    moment), and recover it twice more: both digests must equal the
+    reference."""
     out = Outcome("5 kill-9 in recovery", trials, seed)
     rng = random.Random(seed)
     for n in range(trials):
@@ -439,7 +467,7 @@ def _damaged_store(out, t, rng, opts):
     c.kill()
     c.wait(30)
     damage = rng.choice(("torn tail", "cut batch", "no index", "bad recovery point",
-                         "no recovery point"))
+                         "no recovery point", "failed fsync"))
     out.note("damage: " + damage)
     d = os.path.join(t.store, "a-0")
     segs = sorted(f for f in os.listdir(d) if f.endswith(".log"))
@@ -454,6 +482,10 @@ def _damaged_store(out, t, rng, opts):
         for f in os.listdir(d):
             if f.endswith(".index") or f.endswith(".timeindex"):
                 os.unlink(os.path.join(d, f))
+    elif damage == "failed fsync":
+        # The writer's last fsync failed: opening cuts back to the one
+        # before, dropping any segment rolled since (fsync=never: often).
+        workload.fail_sync_marker(t.store, "a", 0)
     elif damage == "bad recovery point":
         with open(os.path.join(d, "recovery-point"), "r+b") as f:
             f.seek(rng.randrange(36))

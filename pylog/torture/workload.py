@@ -511,6 +511,24 @@ def append_garbage(store, topic, partition, rng, n=37):
         f.write(bytes(rng.getrandbits(8) for _ in range(n)))
 
 
+def fail_sync_marker(store, topic, partition):
+    """Leave the partition as a process whose fsync failed, and that died
+    right after, leaves it: its .sync marker keeps the last good (segment,
+    position) and sets the failed flag (PartitionLog.sync_to).  The next open
+    cuts everything past that position.  False if there is no marker yet."""
+    path = os.path.join(store, "%s-%d" % (topic, partition), ".sync")
+    try:
+        with open(path, "r+b") as f:
+            raw = f.read(17)
+            if len(raw) < 17:
+                return False
+            f.seek(16)
+            f.write(b"\x01")
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def recover(store, topics):
     """Open every partition (log recovery, producer state) and the
     coordinator (roll Prepare* forward), then close."""
