@@ -29,6 +29,15 @@ from .store import Store
 
 _FIELDS = _bridge.REC_FIELDS
 
+# Message objects built in C (csrc/fastmsg.c); the Python loop in
+# _decode_batches is the fallback, and runs when PYLOG_NO_FASTMSG is set.
+try:
+    if os.environ.get("PYLOG_NO_FASTMSG", "") not in ("", "0"):
+        raise ImportError("PYLOG_NO_FASTMSG is set")
+    from ._fastmsg import decode_messages as _decode_messages
+except ImportError:
+    _decode_messages = None
+
 
 class GroupMetadata:
     """What consumer_group_metadata() returns, for send_offsets_to_transaction."""
@@ -581,6 +590,7 @@ class Consumer:
         aborted_pids = set()
         position = f.position
         buf = f.buffer
+        decode = _decode_messages               # None: the Python loop below
         for bi in infos:
             if aborted is not None and bi.producer_id >= 0:
                 while aborted and aborted[0][0] <= bi.last_offset:
@@ -598,12 +608,21 @@ class Consumer:
                 src, base = records_region(data, bi), 0
             else:                               # slice the fetched bytes directly
                 src, base = data, bi.position + _bridge.HEADER_SIZE
-            fields = _bridge.decode_records(
-                src if bi.compression else memoryview(data)[base:bi.position + bi.size],
-                bi.records_count, bi.base_offset, bi.base_timestamp)
             log_append = bi.attributes & 0x08
             tstype = TIMESTAMP_LOG_APPEND_TIME if log_append else TIMESTAMP_CREATE_TIME
             first = f.position
+            if decode is not None:
+                # the same records, validated the same way, as Message objects
+                got = []
+                decode(Message, got, src, base, len(src) if bi.compression else bi.position + bi.size,
+                       bi.records_count, bi.base_offset, bi.base_timestamp, topic, partition,
+                       first, tstype, bi.max_timestamp)
+                buf.extend(got)
+                position = bi.next_offset
+                continue
+            fields = _bridge.decode_records(
+                src if bi.compression else memoryview(data)[base:bi.position + bi.size],
+                bi.records_count, bi.base_offset, bi.base_timestamp)
             it = iter(fields)
             for off, ts, kp, kl, vp, vl, hp, hc in zip(it, it, it, it, it, it, it, it):
                 if off < first:
