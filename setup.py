@@ -10,12 +10,14 @@ setup(
         Extension(
             "pylog._fastmsg",
             sources=["csrc/fastmsg.c"],
+            depends=["csrc/wire.h"],
             extra_compile_args=["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-Wno-missing-field-initializers"],
         ),
         Extension(
             "pylog._fastprod",
             sources=["csrc/fastprod.c"],
+            depends=["csrc/wire.h"],
             extra_compile_args=["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-Wno-missing-field-initializers"],
         ),

@@ -48,6 +48,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "wire.h"
+
 #ifndef Py_T_OBJECT_EX
 #define Py_T_OBJECT_EX T_OBJECT_EX
 #endif
@@ -187,22 +189,7 @@ static int lookup_layout(PyTypeObject *cls, layout_t *L)
  * than max_bytes or (max_bytes 5) leaves the int32 range. */
 static inline Py_ssize_t read_varint(const uint8_t *p, Py_ssize_t avail, int max_bytes, int64_t *out)
 {
-    uint64_t u = 0;
-    Py_ssize_t i = 0;
-    for (;;) {
-        if (i >= avail || i >= max_bytes)
-            return 0;
-        uint8_t b = p[i];
-        u |= (uint64_t)(b & 0x7f) << (7 * i);
-        i++;
-        if (!(b & 0x80))
-            break;
-    }
-    int64_t v = (int64_t)(u >> 1) ^ -(int64_t)(u & 1);
-    if (max_bytes == 5 && (v > INT32_MAX || v < INT32_MIN))
-        return 0;
-    *out = v;
-    return i;
+    return (Py_ssize_t)get_varint(p, p + avail, (size_t)max_bytes, out);
 }
 
 /* Why a region is rejected: set by the parsers, reported by decode_messages(). */

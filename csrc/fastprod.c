@@ -63,29 +63,7 @@
 #define SPLIT_OVERHEAD  24      /* Sender._split_bare: len(value) + 24 per record */
 #define MAX_INT32       2147483647LL
 
-/* ---- big-endian fields and zigzag varints (as batch.c writes them) ---- */
-static inline void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
-static inline void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
-}
-static inline void put64(uint8_t *p, uint64_t v) { put32(p, (uint32_t)(v >> 32)); put32(p + 4, (uint32_t)v); }
-
-static inline size_t varlong_size(int64_t v)
-{
-    uint64_t u = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
-    size_t n = 1;
-    while (u >= 0x80) { u >>= 7; n++; }
-    return n;
-}
-
-static inline uint8_t *put_varlong(uint8_t *p, int64_t v)
-{
-    uint64_t u = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
-    while (u >= 0x80) { *p++ = (uint8_t)(u | 0x80); u >>= 7; }
-    *p++ = (uint8_t)u;
-    return p;
-}
+#include "wire.h"          /* big-endian fields and zigzag varints, as batch.c */
 
 /* Body of a bare record (batch.c record_body_size with key_len -1, no
  * headers, timestampDelta 0): attributes, tsDelta, offsetDelta, keyLength,
