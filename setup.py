@@ -4,22 +4,15 @@
 # likewise: Producer.produce() and the queue drain (csrc/fastprod.c).
 from setuptools import Extension, setup
 
+
+def c_extension(name, source):
+    return Extension(name, sources=[source], depends=["csrc/wire.h"],
+                     extra_compile_args=["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter",
+                                         "-Wno-missing-field-initializers"])
+
+
 setup(
     cffi_modules=["pylog/_build.py:ffibuilder"],
-    ext_modules=[
-        Extension(
-            "pylog._fastmsg",
-            sources=["csrc/fastmsg.c"],
-            depends=["csrc/wire.h"],
-            extra_compile_args=["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                                "-Wno-missing-field-initializers"],
-        ),
-        Extension(
-            "pylog._fastprod",
-            sources=["csrc/fastprod.c"],
-            depends=["csrc/wire.h"],
-            extra_compile_args=["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                                "-Wno-missing-field-initializers"],
-        ),
-    ],
+    ext_modules=[c_extension("pylog._fastmsg", "csrc/fastmsg.c"),
+                 c_extension("pylog._fastprod", "csrc/fastprod.c")],
 )
