@@ -131,3 +131,15 @@ def postgres_cluster():
         yield dsn
     finally:
         cm.__exit__(None, None, None)
+
+
+@pytest.fixture
+def closing():
+    """closing(client): close it when the test ends, even when it fails."""
+    opened = []
+    yield opened.append
+    for c in reversed(opened):
+        try:
+            c.close()
+        except Exception:
+            pass

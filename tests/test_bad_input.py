@@ -22,17 +22,6 @@ def conf(tmp_path):
     return c
 
 
-@pytest.fixture
-def clients():
-    opened = []
-    yield opened.append
-    for c in reversed(opened):
-        try:
-            c.close()
-        except Exception:
-            pass
-
-
 def log_ends(conf):
     """{(topic, partition): high watermark} of every partition."""
     c = Consumer({**conf, "group.id": "bad-input-probe", "isolation.level": "read_uncommitted"})
@@ -96,10 +85,10 @@ BAD_PRODUCE = [
 @pytest.mark.parametrize("kwargs,exc,code", BAD_PRODUCE,
                          ids=["%d-%s" % (i, "-".join(k for k in kw if k != "topic"))
                               for i, (kw, _, _) in enumerate(BAD_PRODUCE)])
-def test_produce_with_bad_arguments_raises_and_writes_nothing(conf, clients, kwargs, exc, code):
+def test_produce_with_bad_arguments_raises_and_writes_nothing(conf, closing, kwargs, exc, code):
     before = log_ends(conf)
     p = Producer({**conf, "linger.ms": 0})
-    clients(p)
+    closing(p)
     p.produce("t", value=b"good", partition=0)        # the queue has company
     with pytest.raises(exc) as ei:
         p.produce(**kwargs)
@@ -117,10 +106,10 @@ INVALID_TOPICS = [".", "..", "a b", "a/b", "../escape", "t\n", "t\x00", "tö", "
 
 
 @pytest.mark.parametrize("topic", INVALID_TOPICS, ids=repr)
-def test_produce_to_an_invalid_topic_name_creates_nothing(conf, clients, topic):
+def test_produce_to_an_invalid_topic_name_creates_nothing(conf, closing, topic):
     before, entries = log_ends(conf), store_entries(conf)
     p = Producer(conf)
-    clients(p)
+    closing(p)
     with pytest.raises(KafkaException) as ei:
         p.produce(topic, value=b"v")
     assert code_of(ei) == KafkaError.TOPIC_EXCEPTION
@@ -130,20 +119,20 @@ def test_produce_to_an_invalid_topic_name_creates_nothing(conf, clients, topic):
     assert not os.path.exists(os.path.join(os.path.dirname(conf["bootstrap.servers"][7:]), "escape"))
 
 
-def test_empty_topic_name_gives_a_typed_error(conf, clients):
+def test_empty_topic_name_gives_a_typed_error(conf, closing):
     p = Producer(conf)
-    clients(p)
+    closing(p)
     with pytest.raises(KafkaException) as ei:
         p.produce("", value=b"v")
     assert code_of(ei) == KafkaError.TOPIC_EXCEPTION
-    c = consumer(conf, clients)
+    c = consumer(conf, closing)
     with pytest.raises(KafkaException):
         c.assign([TopicPartition("", 0)])
 
 
-def test_value_and_key_may_be_none_str_or_buffers(conf, clients):
+def test_value_and_key_may_be_none_str_or_buffers(conf, closing):
     p = Producer(conf)
-    clients(p)
+    closing(p)
     p.produce("t", value=None, key=None, partition=0)
     p.produce("t", value="text", key="k", partition=0)
     p.produce("t", value=bytearray(b"ba"), key=memoryview(b"mv"), partition=0,
@@ -184,10 +173,10 @@ def test_producer_config_must_be_a_dict_and_name_a_store(tmp_path):
         Producer({"bootstrap.servers": 42})
 
 
-def test_transactional_calls_out_of_order_raise_state_errors(conf, clients):
+def test_transactional_calls_out_of_order_raise_state_errors(conf, closing):
     before = log_ends(conf)
     p = Producer({**conf, "transactional.id": "bad-input"})
-    clients(p)
+    closing(p)
     with pytest.raises(KafkaException) as ei:
         p.produce("t", value=b"v", partition=0)          # before init_transactions
     assert code_of(ei) == KafkaError._STATE
@@ -210,9 +199,9 @@ def test_transactional_calls_out_of_order_raise_state_errors(conf, clients):
     assert log_ends(conf) == before
 
 
-def test_non_transactional_producer_refuses_the_transaction_api(conf, clients):
+def test_non_transactional_producer_refuses_the_transaction_api(conf, closing):
     p = Producer(conf)
-    clients(p)
+    closing(p)
     with pytest.raises(KafkaException) as ei:
         p.init_transactions()
     assert code_of(ei) == KafkaError._NOT_CONFIGURED
@@ -228,9 +217,9 @@ def test_closed_producer_refuses_produce(conf):
 
 # ---- Consumer ----
 
-def consumer(conf, clients, **extra):
+def consumer(conf, closing, **extra):
     c = Consumer({**conf, "group.id": "bad-input", "auto.offset.reset": "earliest", **extra})
-    clients(c)
+    closing(c)
     return c
 
 
@@ -268,8 +257,8 @@ def test_consumer_config_out_of_range_is_refused(conf, extra):
     ([TopicPartition("missing", 0)], KafkaException, KafkaError.UNKNOWN_TOPIC_OR_PART),
     ([TopicPartition("..", 0)], KafkaException, KafkaError.UNKNOWN_TOPIC_OR_PART),
 ], ids=["str", "tuples", "mixed", "none", "p2", "negative", "huge", "missing-topic", "dotdot"])
-def test_assign_bad_partitions(conf, clients, partitions, exc, code):
-    c = consumer(conf, clients)
+def test_assign_bad_partitions(conf, closing, partitions, exc, code):
+    c = consumer(conf, closing)
     entries = store_entries(conf)
     with pytest.raises(exc) as ei:
         c.assign(partitions)
@@ -278,8 +267,8 @@ def test_assign_bad_partitions(conf, clients, partitions, exc, code):
     assert store_entries(conf) == entries
 
 
-def test_subscribe_bad_arguments(conf, clients):
-    c = consumer(conf, clients)
+def test_subscribe_bad_arguments(conf, closing):
+    c = consumer(conf, closing)
     for topics in ("t", [1], None, [b"t"]):
         with pytest.raises(TypeError):
             c.subscribe(topics)
@@ -287,8 +276,8 @@ def test_subscribe_bad_arguments(conf, clients):
         c.subscribe(["t"], on_assign=5)
 
 
-def test_consume_bad_counts_and_offsets(conf, clients):
-    c = consumer(conf, clients)
+def test_consume_bad_counts_and_offsets(conf, closing):
+    c = consumer(conf, closing)
     c.assign([TopicPartition("t", 0, OFFSET_BEGINNING)])
     for n in (0, -1, 10 ** 7, "5"):
         with pytest.raises(ValueError):
@@ -307,8 +296,8 @@ def test_consume_bad_counts_and_offsets(conf, clients):
     assert c.committed([TopicPartition("t", 0)])[0].offset < 0       # nothing committed
 
 
-def test_consumer_list_arguments_must_be_lists_of_topic_partitions(conf, clients):
-    c = consumer(conf, clients)
+def test_consumer_list_arguments_must_be_lists_of_topic_partitions(conf, closing):
+    c = consumer(conf, closing)
     c.assign([TopicPartition("t", 0, 0)])
     for call in (c.position, c.committed, c.pause, c.resume, c.offsets_for_times,
                  c.incremental_assign, c.incremental_unassign):
@@ -324,8 +313,8 @@ def test_consumer_list_arguments_must_be_lists_of_topic_partitions(conf, clients
 
 
 @pytest.mark.parametrize("call", ["seek", "get_watermark_offsets", "store_offsets", "commit"])
-def test_consumer_single_argument_of_the_wrong_type_raises_type_error(conf, clients, call):
-    c = consumer(conf, clients)
+def test_consumer_single_argument_of_the_wrong_type_raises_type_error(conf, closing, call):
+    c = consumer(conf, closing)
     c.assign([TopicPartition("t", 0, 0)])
     bad = {"seek": lambda: c.seek(("t", 0, 0)),
            "get_watermark_offsets": lambda: c.get_watermark_offsets(None),
@@ -348,10 +337,10 @@ def test_closed_consumer_raises_runtime_error(conf):
 # ---- AdminClient ----
 
 @pytest.mark.parametrize("topic", INVALID_TOPICS, ids=repr)
-def test_create_topic_with_an_invalid_name_fails_its_future(conf, clients, topic):
+def test_create_topic_with_an_invalid_name_fails_its_future(conf, closing, topic):
     entries = store_entries(conf)
     admin = AdminClient(conf)
-    clients(admin)
+    closing(admin)
     fut = admin.create_topics([NewTopic(topic, num_partitions=1)])[topic]
     with pytest.raises(KafkaException) as ei:
         fut.result()
@@ -361,9 +350,9 @@ def test_create_topic_with_an_invalid_name_fails_its_future(conf, clients, topic
 
 
 @pytest.mark.parametrize("partitions", [0, -5, 100001, 2 ** 40, "3", 2.0, None, True])
-def test_create_topic_with_bad_partition_counts(conf, clients, partitions):
+def test_create_topic_with_bad_partition_counts(conf, closing, partitions):
     admin = AdminClient(conf)
-    clients(admin)
+    closing(admin)
     with pytest.raises(KafkaException) as ei:
         admin.create_topics([NewTopic("n", num_partitions=partitions)])["n"].result()
     assert code_of(ei) == KafkaError.INVALID_PARTITIONS
@@ -374,18 +363,18 @@ def test_create_topic_with_bad_partition_counts(conf, clients, partitions):
                                     {"segment.bytes": 2 ** 40}, {"retention.ms": -2},
                                     {"cleanup.policy": "shred"}, {"no.such.config": 1},
                                     {"message.timestamp.type": "Whenever"}])
-def test_create_topic_with_bad_config(conf, clients, config):
+def test_create_topic_with_bad_config(conf, closing, config):
     admin = AdminClient(conf)
-    clients(admin)
+    closing(admin)
     with pytest.raises(KafkaException) as ei:
         admin.create_topics([NewTopic("n", num_partitions=1, config=config)])["n"].result()
     assert code_of(ei) == KafkaError.INVALID_CONFIG
     assert "n" not in admin.list_topics().topics
 
 
-def test_create_topics_bad_argument_shapes(conf, clients):
+def test_create_topics_bad_argument_shapes(conf, closing):
     admin = AdminClient(conf)
-    clients(admin)
+    closing(admin)
     for arg in ("t", NewTopic("t2", 1), [("t2", 1)], None):
         with pytest.raises(TypeError):
             admin.create_topics(arg)
@@ -394,10 +383,10 @@ def test_create_topics_bad_argument_shapes(conf, clients):
     assert set(admin.list_topics().topics) == {"t"}
 
 
-def test_existing_topic_is_not_recreated(conf, clients):
+def test_existing_topic_is_not_recreated(conf, closing):
     before = log_ends(conf)
     admin = AdminClient(conf)
-    clients(admin)
+    closing(admin)
     with pytest.raises(KafkaException) as ei:
         admin.create_topics([NewTopic("t", num_partitions=5)])["t"].result()
     assert code_of(ei) == KafkaError.TOPIC_ALREADY_EXISTS

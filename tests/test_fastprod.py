@@ -25,7 +25,8 @@ from pylog import KafkaError, KafkaException, Producer, codec, sender as sender_
 from pylog import producer as producer_mod
 from pylog._bridge import Builder, write_header
 from pylog.admin import AdminClient, NewTopic
-from pylog.store import Store
+
+from txn_support import read_partition
 
 _fastprod = pytest.importorskip("pylog._fastprod", reason="pylog._fastprod is not built")
 
@@ -59,23 +60,6 @@ def create_topics(conf, **parts):
             admin.create_topics([NewTopic(name, num_partitions=n)])[name].result()
     finally:
         admin.close()
-
-
-def read_partition(conf, topic, partition):
-    s = Store.acquire(conf["bootstrap.servers"][len("file://"):])
-    try:
-        log = s.partition(topic, partition).log
-        log.refresh()
-        infos, records, off = [], [], log.log_start_offset
-        while off < log.next_offset:
-            buf, _ = log.read(off, 1 << 20)
-            bis, recs = codec.decode_all(buf)
-            infos += bis
-            records += recs
-            off = bis[-1].next_offset
-        return infos, records
-    finally:
-        s.release()
 
 
 def segment_bytes(conf):

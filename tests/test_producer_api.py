@@ -12,27 +12,15 @@ import time
 import pytest
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 
-from pylog import (KafkaError, KafkaException, Producer, TIMESTAMP_CREATE_TIME, codec,
-                   compression)
+from pylog import KafkaError, KafkaException, Producer, TIMESTAMP_CREATE_TIME, compression
 from pylog.admin import AdminClient, NewTopic
-from pylog.store import Store
+
+from txn_support import read_partition
 
 
 @pytest.fixture
 def conf(tmp_path):
     return {"bootstrap.servers": "file://" + str(tmp_path / "store")}
-
-
-@pytest.fixture
-def closing():
-    """Close every producer/admin a test opened, even when it fails."""
-    opened = []
-    yield opened.append
-    for c in reversed(opened):
-        try:
-            c.close()
-        except Exception:
-            pass
 
 
 def producer(closing, conf, **extra):
@@ -43,24 +31,6 @@ def producer(closing, conf, **extra):
 
 def store_of(conf):
     return conf["bootstrap.servers"][len("file://"):]
-
-
-def read_partition(conf, topic, partition):
-    """(batch infos, records) of one partition, read from the files with CRCs checked."""
-    s = Store.acquire(store_of(conf))
-    try:
-        log = s.partition(topic, partition).log
-        log.refresh()
-        infos, records, off = [], [], log.log_start_offset
-        while off < log.next_offset:
-            buf, _ = log.read(off, 1 << 20)
-            bis, recs = codec.decode_all(buf)
-            infos += bis
-            records += recs
-            off = bis[-1].next_offset
-        return infos, records
-    finally:
-        s.release()
 
 
 class Reports:

@@ -16,6 +16,8 @@ from pylog import codec
 from pylog.admin import AdminClient, NewTopic
 from pylog.store import Store
 
+from txn_support import conf_for, read_partition
+
 TOPIC = "mp"
 NPROC = 4
 PAD = b"." * 80                  # ~100-byte records
@@ -135,24 +137,8 @@ def _run(ctx, procs, start, out):
     return results
 
 
-def _read_all(path):
-    s = Store.acquire(path)
-    try:
-        log = s.partition(TOPIC, 0).log
-        off, infos, records = 0, [], []
-        while off < log.next_offset:
-            buf, _ = log.read(off, 1 << 20)
-            bis, recs = codec.decode_all(buf)
-            infos += bis
-            records += recs
-            off = bis[-1].next_offset
-        return infos, records
-    finally:
-        s.release()
-
-
 def _check_exactly_once(path, n):
-    infos, records = _read_all(path)
+    infos, records = read_partition(conf_for(path), TOPIC, 0)
     assert [r.offset for r in records] == list(range(NPROC * n))    # contiguous
     seen = collections.defaultdict(list)
     for r in records:

@@ -57,6 +57,26 @@ def opened_store(path):
         s.release()
 
 
+def read_partition(conf, topic, partition):
+    """(batch infos, records) of one partition, read from the files with CRCs checked."""
+    from pylog import codec
+    from pylog.store import Store
+    s = Store.acquire(conf["bootstrap.servers"][len("file://"):])
+    try:
+        log = s.partition(topic, partition).log
+        log.refresh()
+        infos, records, off = [], [], log.log_start_offset
+        while off < log.next_offset:
+            buf, _ = log.read(off, 1 << 20)
+            bis, recs = codec.decode_all(buf)
+            infos += bis
+            records += recs
+            off = bis[-1].next_offset
+        return infos, records
+    finally:
+        s.release()
+
+
 def err_of(excinfo_or_exc):
     e = getattr(excinfo_or_exc, "value", excinfo_or_exc)
     return e.args[0]
