@@ -5,14 +5,14 @@
 from setuptools import Extension, setup
 
 
-def c_extension(name, source):
-    return Extension(name, sources=[source], depends=["csrc/wire.h"],
+def c_extension(name, *sources):
+    return Extension(name, sources=list(sources), depends=["csrc/wire.h", "csrc/message_type.h"],
                      extra_compile_args=["-O3", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                          "-Wno-missing-field-initializers"])
 
 
 setup(
     cffi_modules=["pylog/_build.py:ffibuilder"],
-    ext_modules=[c_extension("pylog._fastmsg", "csrc/fastmsg.c"),
+    ext_modules=[c_extension("pylog._fastmsg", "csrc/fastmsg.c", "csrc/message_type.c"),
                  c_extension("pylog._fastprod", "csrc/fastprod.c")],
 )

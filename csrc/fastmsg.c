@@ -6,18 +6,11 @@
  * and value and calls Message.__init__ with 9 arguments; here one pass over
  * the bytes validates each record and fills a Message directly.
  *
- * Instances.  The Message class is the Python one (message.py): its
- * __slots__ are member descriptors, each storing a PyObject * at a fixed
- * offset in the instance.  On first use with a class the offsets are read
- * from the descriptors (cls._topic, cls._partition, ...) and cross-checked
- * against every object slot the class and its bases define (tp_members);
- * instances are then made with cls->tp_alloc (zeroed, GC-tracked, a
- * reference on the heap type) and every slot is set: the 11 known fields,
- * and None in any other slot, since an unset slot raises AttributeError.
- * Message.__init__ is not run; what it would compute is computed here
- * (tstype is TIMESTAMP_NOT_AVAILABLE when the timestamp is negative).  A
- * type's instance layout cannot change after the class is created, so the
- * offsets are cached by class identity (with a reference to the class).
+ * Instances.  The Message class is the C type of message_type.c (the
+ * Python class of message.py is the fallback, used with the Python loop):
+ * decode_messages() fills its fields directly, as Message.__init__ would
+ * (tstype is TIMESTAMP_NOT_AVAILABLE when the timestamp is negative), and
+ * leaves it untracked by the cyclic collector unless it has headers.
  *
  * Bounds.  The bytes come from disk.  The checks are those of
  * pl_decode_records/walk_headers in batch.c, written again here (batch.c is
@@ -48,6 +41,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "message_type.h"
 #include "wire.h"
 
 #ifndef Py_T_OBJECT_EX
@@ -66,121 +60,6 @@ static PyObject *CorruptRecordError;   /* pylog.errors.CorruptRecordError */
 /* pylog._bridge.MAX_BATCH_RECORDS and MAX_RECORD_HEADERS, read at import so
  * both decode paths refuse the same counts (INT64_MAX when _bridge has none). */
 static int64_t max_batch_records = INT64_MAX, max_record_headers = INT64_MAX;
-
-/* ---- the Message layout ---- */
-enum {
-    F_TOPIC, F_PARTITION, F_OFFSET, F_KEY, F_VALUE, F_HEADERS, F_TIMESTAMP,
-    F_TSTYPE, F_ERROR, F_LATENCY, F_LEADER_EPOCH, F_COUNT
-};
-
-static const char *const FIELD_NAMES[F_COUNT] = {
-    "_topic", "_partition", "_offset", "_key", "_value", "_headers", "_timestamp",
-    "_tstype", "_error", "_latency", "_leader_epoch",
-};
-
-#define MAX_EXTRA 32    /* object slots beyond the known fields (set to None) */
-
-typedef struct {
-    PyTypeObject *cls;              /* strong reference; NULL until first use */
-    Py_ssize_t off[F_COUNT];
-    int n_extra;
-    Py_ssize_t extra[MAX_EXTRA];
-} layout_t;
-
-static layout_t cached;
-
-static int valid_slot_offset(PyTypeObject *cls, Py_ssize_t off)
-{
-    return off >= (Py_ssize_t)sizeof(PyObject) &&
-           off <= cls->tp_basicsize - (Py_ssize_t)sizeof(PyObject *) &&
-           off % (Py_ssize_t)sizeof(PyObject *) == 0;
-}
-
-/* Fill *L for cls; on error set an exception and return -1 (*L untouched). */
-static int lookup_layout(PyTypeObject *cls, layout_t *L)
-{
-    layout_t tmp;
-    memset(&tmp, 0, sizeof tmp);
-    if (cls->tp_alloc == NULL || cls->tp_itemsize != 0) {
-        PyErr_Format(PyExc_TypeError, "%s cannot be allocated by pylog._fastmsg", cls->tp_name);
-        return -1;
-    }
-    /* Offsets of the known fields, from their member descriptors. */
-    for (int i = 0; i < F_COUNT; i++) {
-        PyObject *d = PyObject_GetAttrString((PyObject *)cls, FIELD_NAMES[i]);
-        if (d == NULL) {
-            if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
-                PyErr_Clear();
-                PyErr_Format(PyExc_TypeError, "%s has no attribute %s: not a Message class",
-                             cls->tp_name, FIELD_NAMES[i]);
-            }
-            return -1;
-        }
-        int ok = Py_IS_TYPE(d, &PyMemberDescr_Type);
-        PyMemberDef *m = ok ? ((PyMemberDescrObject *)d)->d_member : NULL;
-        ok = ok && m->type == Py_T_OBJECT_EX && !(m->flags & Py_READONLY) &&
-             PyType_IsSubtype(cls, PyDescr_TYPE(d)) && valid_slot_offset(cls, m->offset);
-        if (ok) {
-            tmp.off[i] = m->offset;
-            for (int j = 0; j < i; j++)
-                ok = ok && tmp.off[j] != m->offset;
-        }
-        Py_DECREF(d);
-        if (!ok) {
-            PyErr_Format(PyExc_TypeError, "%s.%s is not a writable __slots__ member",
-                         cls->tp_name, FIELD_NAMES[i]);
-            return -1;
-        }
-    }
-    /* Every object slot of the class and its bases: each must be a known
-     * field or gets None.  Only Python classes (whose slots are all in
-     * tp_members) and object itself may be in the MRO, so that tp_alloc's
-     * zeroed memory plus these slots is a whole instance. */
-    PyObject *mro = cls->tp_mro;
-    if (mro == NULL || !PyTuple_Check(mro)) {
-        PyErr_Format(PyExc_TypeError, "%s has no MRO", cls->tp_name);
-        return -1;
-    }
-    int found[F_COUNT] = {0};
-    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(mro); k++) {
-        PyTypeObject *t = (PyTypeObject *)PyTuple_GET_ITEM(mro, k);
-        if (t == &PyBaseObject_Type)
-            continue;
-        if (!(t->tp_flags & Py_TPFLAGS_HEAPTYPE)) {
-            PyErr_Format(PyExc_TypeError, "%s derives from the C type %s: "
-                         "pylog._fastmsg cannot build it", cls->tp_name, t->tp_name);
-            return -1;
-        }
-        for (PyMemberDef *m = t->tp_members; m != NULL && m->name != NULL; m++) {
-            if (m->type != Py_T_OBJECT_EX)
-                continue;
-            int j;
-            for (j = 0; j < F_COUNT && tmp.off[j] != m->offset; j++)
-                ;
-            if (j < F_COUNT) {
-                found[j] = 1;
-                continue;
-            }
-            if (!valid_slot_offset(cls, m->offset) || tmp.n_extra == MAX_EXTRA) {
-                PyErr_Format(PyExc_TypeError, "%s: slot %s cannot be set by pylog._fastmsg",
-                             cls->tp_name, m->name);
-                return -1;
-            }
-            tmp.extra[tmp.n_extra++] = m->offset;
-        }
-    }
-    for (int i = 0; i < F_COUNT; i++) {
-        if (!found[i]) {
-            PyErr_Format(PyExc_TypeError, "%s.%s is not a slot of the class or its bases",
-                         cls->tp_name, FIELD_NAMES[i]);
-            return -1;
-        }
-    }
-    Py_INCREF(cls);
-    tmp.cls = cls;
-    *L = tmp;
-    return 0;
-}
 
 /* ---- bounded readers ---- */
 
@@ -254,29 +133,6 @@ static int walk_headers(const uint8_t *region, const uint8_t *p, const uint8_t *
     return 0;
 }
 
-static PyObject *bytes_or_none(const uint8_t *p, int64_t len)
-{
-    if (len < 0) {
-        Py_INCREF(Py_None);
-        return Py_None;
-    }
-    return PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)len);
-}
-
-#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
-
-/* Set a slot of a fresh instance (all NULL), taking the reference. */
-static inline void set_slot(PyObject *obj, Py_ssize_t off, PyObject *v)
-{
-    SLOT(obj, off) = v;
-}
-
-static inline PyObject *newref(PyObject *o)
-{
-    Py_INCREF(o);
-    return o;
-}
-
 /* ---- decode_messages ---- */
 
 typedef struct {
@@ -288,16 +144,13 @@ typedef struct {
 /* Decode the records of region[0..len) into msgs (capacity args->count),
  * *n of them.  Returns 0, -1 for damaged bytes (dmg filled) or -2 with an
  * exception set.  msgs[0..*n) hold references either way. */
-static int decode_region(const layout_t *L, const uint8_t *region, Py_ssize_t len,
+static int decode_region(const uint8_t *region, Py_ssize_t len,
                          const batch_args *a, PyObject **msgs, Py_ssize_t *n, damage_t *dmg)
 {
     const uint8_t *p = region, *end = region + len;
-    PyObject *ts_obj = NULL, *tstype_obj = NULL, *no_tstype = NULL;
+    PyObject *ts_obj = NULL;
     int64_t ts_cur = 0;
     int rc = -2;
-    if ((tstype_obj = PyLong_FromLong(a->tstype)) == NULL ||
-        (no_tstype = PyLong_FromLong(TIMESTAMP_NOT_AVAILABLE)) == NULL)
-        goto out;
     for (int64_t r = 0; r < a->count; r++) {
         int64_t body, ts_delta, off_delta, klen, vlen, hcount;
         Py_ssize_t k;
@@ -372,50 +225,42 @@ static int decode_region(const layout_t *L, const uint8_t *region, Py_ssize_t le
         p = rend;
         if (!wanted)
             continue;
-        /* Build the instance; a failure below DECREFs it, which clears the
-         * slots already set (the others are still NULL). */
-        PyObject *m = L->cls->tp_alloc(L->cls, 0);
+        /* Build the instance: every field is set before anything can fail,
+         * so a failure's DECREF sees a whole message. */
+        pl_Message *m = pl_message_alloc();
         if (m == NULL) {
             Py_XDECREF(headers);
             goto out;
         }
-        set_slot(m, L->off[F_HEADERS], headers != NULL ? headers : newref(Py_None));
         int64_t ts = a->tstype == TIMESTAMP_LOG_APPEND_TIME ? a->max_timestamp
                      : (int64_t)((uint64_t)a->base_timestamp + (uint64_t)ts_delta);
         if (ts_obj == NULL || ts != ts_cur) {   /* records of a batch often share one */
             Py_XDECREF(ts_obj);
-            if ((ts_obj = PyLong_FromLongLong(ts)) == NULL) {
-                Py_DECREF(m);
-                goto out;
-            }
+            ts_obj = PyLong_FromLongLong(ts);
             ts_cur = ts;
         }
-        set_slot(m, L->off[F_TIMESTAMP], newref(ts_obj));
-        set_slot(m, L->off[F_TSTYPE], newref(ts >= 0 ? tstype_obj : no_tstype));
-        set_slot(m, L->off[F_TOPIC], newref(a->topic));
-        set_slot(m, L->off[F_PARTITION], newref(a->partition));
-        set_slot(m, L->off[F_ERROR], newref(Py_None));
-        set_slot(m, L->off[F_LATENCY], newref(Py_None));
-        set_slot(m, L->off[F_LEADER_EPOCH], newref(Py_None));
-        for (int i = 0; i < L->n_extra; i++)
-            set_slot(m, L->extra[i], newref(Py_None));
-        PyObject *v;
-        if ((v = PyLong_FromLongLong(offset)) == NULL) {
+        m->topic = Py_NewRef(a->topic);
+        m->partition = Py_NewRef(a->partition);
+        m->offset = NULL;
+        m->offset_v = offset;
+        m->headers = headers;
+        m->timestamp = Py_XNewRef(ts_obj);
+        m->tstype = ts >= 0 ? a->tstype : TIMESTAMP_NOT_AVAILABLE;
+        m->error = m->latency = m->leader_epoch = NULL;
+        m->key = klen < 0 ? NULL : PyBytes_FromStringAndSize((const char *)key, (Py_ssize_t)klen);
+        m->value = vlen < 0 ? NULL : PyBytes_FromStringAndSize((const char *)value, (Py_ssize_t)vlen);
+        if (ts_obj == NULL || (klen >= 0 && m->key == NULL) || (vlen >= 0 && m->value == NULL)) {
             Py_DECREF(m);
             goto out;
         }
-        set_slot(m, L->off[F_OFFSET], v);
-        if ((v = bytes_or_none(key, klen)) == NULL) {
-            Py_DECREF(m);
-            goto out;
-        }
-        set_slot(m, L->off[F_KEY], v);
-        if ((v = bytes_or_none(value, vlen)) == NULL) {
-            Py_DECREF(m);
-            goto out;
-        }
-        set_slot(m, L->off[F_VALUE], v);
-        msgs[(*n)++] = m;
+        /* Untracked, as CPython untracks a tuple of atoms: with no headers
+         * list every field holds an atom (str, int, bytes, None), so the
+         * message cannot be part of a cycle and the cyclic collector need
+         * not visit it (it did: about a third of consume()'s time).
+         * set_key/set_value/set_headers track it again. */
+        if (headers != NULL)
+            PyObject_GC_Track(m);
+        msgs[(*n)++] = (PyObject *)m;
     }
     if (p != end) {
         dmg->record = (Py_ssize_t)a->count;
@@ -429,8 +274,6 @@ damaged:
     rc = -1;
 out:
     Py_XDECREF(ts_obj);
-    Py_XDECREF(tstype_obj);
-    Py_XDECREF(no_tstype);
     return rc;
 }
 
@@ -474,8 +317,8 @@ static PyObject *decode_messages(PyObject *module, PyObject *const *args, Py_ssi
     PyObject *cls_obj = args[0], *out = args[1], *bufobj = args[2];
     batch_args a;
     int64_t start, stop, tstype;
-    if (!PyType_Check(cls_obj)) {
-        PyErr_SetString(PyExc_TypeError, "cls must be a class");
+    if (cls_obj != (PyObject *)&pl_MessageType) {
+        PyErr_SetString(PyExc_TypeError, "cls must be pylog._fastmsg.Message");
         return NULL;
     }
     if (!PyList_Check(out)) {
@@ -498,28 +341,9 @@ static PyObject *decode_messages(PyObject *module, PyObject *const *args, Py_ssi
     a.topic = args[8];
     a.partition = args[9];
 
-    /* L: this call's copy of the layout, with its own reference to the
-     * class, taken before anything (a class dealloc, a re-entrant call)
-     * could replace the cache. */
-    PyTypeObject *cls = (PyTypeObject *)cls_obj;
-    layout_t L;
-    if (cached.cls == cls) {
-        L = cached;
-        Py_INCREF(L.cls);
-    } else {
-        if (lookup_layout(cls, &L) < 0)         /* L.cls: the cache's reference */
-            return NULL;
-        Py_INCREF(L.cls);
-        PyTypeObject *old = cached.cls;
-        cached = L;
-        Py_XDECREF(old);
-    }
-
     Py_buffer view;
-    if (PyObject_GetBuffer(bufobj, &view, PyBUF_SIMPLE) < 0) {
-        Py_DECREF(L.cls);
+    if (PyObject_GetBuffer(bufobj, &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    }
     PyObject *result = NULL, *batch = NULL;
     PyObject **msgs = NULL;
     Py_ssize_t n = 0, len, size;
@@ -546,7 +370,7 @@ static PyObject *decode_messages(PyObject *module, PyObject *const *args, Py_ssi
         PyErr_NoMemory();
         goto done;
     }
-    rc = decode_region(&L, (const uint8_t *)view.buf + start, len, &a, msgs, &n, &dmg);
+    rc = decode_region((const uint8_t *)view.buf + start, len, &a, msgs, &n, &dmg);
     if (rc == -1) {
         PyErr_Format(CorruptRecordError,
                      "decode records: record fields are inconsistent (%s: record %zd of %lld, "
@@ -574,7 +398,6 @@ done:
     PyMem_Free(msgs);
     Py_XDECREF(batch);
     PyBuffer_Release(&view);
-    Py_DECREF(L.cls);
     return result;
 }
 
@@ -652,7 +475,9 @@ PyMODINIT_FUNC PyInit__fastmsg(void)
         Py_DECREF(exc);
         return NULL;
     }
-    if (add_int64(m, "MAX_BATCH_RECORDS", max_records) < 0 ||
+    if (pl_message_type_ready() < 0 ||
+        PyModule_AddObjectRef(m, "Message", (PyObject *)&pl_MessageType) < 0 ||
+        add_int64(m, "MAX_BATCH_RECORDS", max_records) < 0 ||
         add_int64(m, "MAX_RECORD_HEADERS", max_headers) < 0) {
         Py_DECREF(exc);
         Py_DECREF(m);

@@ -42,6 +42,10 @@ static inline uint8_t *put_varlong(uint8_t *p, int64_t v)
  * leaves the int32 range. */
 static inline size_t get_varint(const uint8_t *p, const uint8_t *end, size_t max_bytes, int64_t *out)
 {
+    if (max_bytes > 0 && p < end && !(p[0] & 0x80)) {   /* one byte: most lengths and deltas */
+        *out = (int64_t)(p[0] >> 1) ^ -(int64_t)(p[0] & 1);
+        return 1;
+    }
     uint64_t u = 0;
     size_t i = 0;
     for (;;) {

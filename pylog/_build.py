@@ -29,6 +29,7 @@ ffibuilder.set_source(
     '#include "pylog.h"',
     sources=[os.path.relpath(os.path.join(CSRC, s)) for s in SOURCES],
     include_dirs=[os.path.relpath(CSRC)],
+    depends=[os.path.relpath(os.path.join(CSRC, h)) for h in ("pylog.h", "wire.h")],
     extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                         "-D_GNU_SOURCE"],
 )

@@ -14,14 +14,13 @@ rebalance protocol, liveness and fencing).
 """
 import collections
 import gc
-import os
 import threading
 import time
 
 from . import _bridge, config
 from .codec import decode_control, records_region, CONTROL_ABORT
 from .errors import KafkaError, KafkaException
-from .message import (Message, TopicPartition, OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID,
+from .message import (Message, TopicPartition, fastmsg, OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID,
                       OFFSET_STORED, TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME)
 from .group import Member
 from .metrics import StatsEmitter
@@ -31,12 +30,7 @@ _FIELDS = _bridge.REC_FIELDS
 
 # Message objects built in C (csrc/fastmsg.c); the Python loop in
 # _decode_batches is the fallback, and runs when PYLOG_NO_FASTMSG is set.
-try:
-    if os.environ.get("PYLOG_NO_FASTMSG", "") not in ("", "0"):
-        raise ImportError("PYLOG_NO_FASTMSG is set")
-    from ._fastmsg import decode_messages as _decode_messages
-except ImportError:
-    _decode_messages = None
+_decode_messages = fastmsg.decode_messages if fastmsg is not None else None
 
 
 class GroupMetadata:
@@ -54,9 +48,13 @@ class GroupMetadata:
 
 
 class _Fetch:
-    """One assigned partition: where to read next and what is decoded but not yet returned."""
+    """One assigned partition: where to read next and what is decoded but not yet returned.
 
-    __slots__ = ("tp", "part", "position", "paused", "eof_sent", "buffer")
+    Decoded messages wait in `buffer` from index `head` on: a list, so a fetch
+    decodes straight into it and consume() hands out runs of it with one slice
+    (or the list itself) rather than a Python step per message."""
+
+    __slots__ = ("tp", "part", "position", "paused", "eof_sent", "buffer", "head")
 
     def __init__(self, tp, part, position):
         self.tp = tp
@@ -64,7 +62,25 @@ class _Fetch:
         self.position = position       # next offset to hand out; OFFSET_INVALID until resolved
         self.paused = False
         self.eof_sent = False
-        self.buffer = collections.deque()
+        self.buffer = []
+        self.head = 0
+
+    def pending(self):
+        return len(self.buffer) - self.head
+
+    def take(self, k):
+        """The next k (<= pending()) messages, as a list."""
+        buf, head = self.buffer, self.head
+        if head == 0 and k == len(buf):
+            self.buffer = []
+            return buf
+        self.head = head + k
+        if self.head == len(buf):
+            self.buffer, self.head = [], 0
+        return buf[head:head + k]
+
+    def clear(self):
+        self.buffer, self.head = [], 0
 
 
 class Consumer:
@@ -295,7 +311,7 @@ class Consumer:
                                                 % (partition.topic, partition.partition)))
             f.position = partition.offset if partition.offset >= 0 or partition.offset in (
                 OFFSET_BEGINNING, OFFSET_END) else OFFSET_INVALID
-            f.buffer.clear()
+            f.clear()
             f.eof_sent = False
 
     def store_offsets(self, message=None, offsets=None):
@@ -442,10 +458,13 @@ class Consumer:
         f = self._hot
         now = time.monotonic()
         self._last_poll = now
-        if f is not None and f.buffer and not f.paused and not (
+        if f is not None and f.head < len(f.buffer) and not f.paused and not (
                 self._auto_commit and now >= self._next_auto_commit):
             # Short path: the next decoded record of the partition served last.
-            m = f.buffer.popleft()
+            m = f.buffer[f.head]
+            f.head += 1
+            if f.head == len(f.buffer):
+                f.buffer, f.head = [], 0
             if m._error is None:
                 f.position = m._offset + 1
                 if self._auto_store:
@@ -484,9 +503,12 @@ class Consumer:
                     out = [m for m in out if m._error is not None or
                            (m._topic, m._partition) not in self._revoked_now]
                     self._revoked_now = set()
-                got = self._drain(n - len(out))
-            out.extend(got)
-            if len(out) >= n or any(m._error is not None for m in got):
+                got, errored = self._drain(n - len(out))
+            if out:
+                out.extend(got)
+            else:
+                out = got
+            if len(out) >= n or errored:
                 return out
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -501,32 +523,41 @@ class Consumer:
             self._commit_stored()
 
     def _drain(self, n):
+        """(up to n messages, whether one of them is an error event)."""
         out = []
+        errored = False
         while self._events and len(out) < n:
             out.append(self._events.popleft())
+            errored = True
         fetches = [f for f in self._fetches.values() if not f.paused]
         if not fetches:
-            return out
+            return out, errored
         k = len(fetches)
         for i in range(k):
             if len(out) >= n:
                 break
             f = fetches[(self._rr + i) % k]
-            if not f.buffer:
+            if f.head == len(f.buffer):
                 self._fill(f)
-            take = min(n - len(out), len(f.buffer))
-            for _ in range(take):
-                out.append(f.buffer.popleft())
-            if f.buffer:
+            take = min(n - len(out), f.pending())
+            if not take:
+                continue
+            run = f.take(take)
+            if out:
+                out.extend(run)
+            else:
+                out = run
+            if f.pending():
                 self._hot = f
-            if take:
-                last = out[-1]
-                if last.error() is None:
-                    f.position = last.offset() + 1
-                    if self._auto_store:
-                        self._stored[f.tp] = f.position
+            last = run[-1]
+            if last._error is None:
+                f.position = last._offset + 1
+                if self._auto_store:
+                    self._stored[f.tp] = f.position
+            else:
+                errored = True
         self._rr = (self._rr + 1) % k
-        return out
+        return out, errored
 
     def _fill(self, f):
         """Decode the next batches of f into f.buffer."""
@@ -539,18 +570,19 @@ class Consumer:
         if f.position < log.log_start_offset or f.position > hw:
             self._out_of_range(f, hw)
             return
-        while f.position < upper and not f.buffer:
-            data, infos = log.read(f.position, self._max_bytes, upto=upper)
+        while f.position < upper and f.head == len(f.buffer):
+            data, infos = log.read(f.position, self._max_bytes, upto=upper,
+                                   view=_decode_messages is not None)
             if not infos:
                 break
             aborted = self._aborted(part, f.position, upper) if self._committed_only else None
             self._decode(f, data, infos, aborted)
-        if not f.buffer and f.position >= upper and self._partition_eof and not f.eof_sent:
+        if f.head == len(f.buffer) and f.position >= upper and self._partition_eof and not f.eof_sent:
             f.eof_sent = True
             f.buffer.append(Message(f.tp[0], f.tp[1], f.position, error=KafkaError(
                 KafkaError._PARTITION_EOF, "Fetch from broker 0 reached end of partition at "
                 "offset %d (HighwaterMark %d)" % (f.position, hw))))
-        if f.buffer and f.buffer[-1].error() is None:
+        if f.head < len(f.buffer) and f.buffer[-1]._error is None:
             f.eof_sent = False
 
     def _out_of_range(self, f, hw):
@@ -596,7 +628,8 @@ class Consumer:
                 while aborted and aborted[0][0] <= bi.last_offset:
                     aborted_pids.add(aborted.popleft()[1])
                 if bi.is_control:
-                    if decode_control(data, bi)[0] == CONTROL_ABORT:
+                    if bi.producer_id in aborted_pids and \
+                            decode_control(data, bi)[0] == CONTROL_ABORT:
                         aborted_pids.discard(bi.producer_id)
                 elif bi.is_transactional and bi.producer_id in aborted_pids:
                     position = bi.next_offset
@@ -613,11 +646,9 @@ class Consumer:
             first = f.position
             if decode is not None:
                 # the same records, validated the same way, as Message objects
-                got = []
-                decode(Message, got, src, base, len(src) if bi.compression else bi.position + bi.size,
+                decode(Message, buf, src, base, len(src) if bi.compression else bi.position + bi.size,
                        bi.records_count, bi.base_offset, bi.base_timestamp, topic, partition,
                        first, tstype, bi.max_timestamp)
-                buf.extend(got)
                 position = bi.next_offset
                 continue
             fields = _bridge.decode_records(
@@ -635,7 +666,7 @@ class Consumer:
                                    _bridge.decode_headers(memoryview(src)[base + hp:], hc) if hc else None,
                                    bi.max_timestamp if log_append else ts, None, tstype))
             position = bi.next_offset
-        if not buf:
+        if f.head == len(buf):
             f.position = max(f.position, position)
 
     # ---- lifetime ----

@@ -637,14 +637,16 @@ class PartitionLog:
         i = bisect.bisect_right(self._bases, offset) - 1
         return self._segments[max(i, 0)], max(i, 0)
 
-    def read(self, offset, max_bytes=1 << 20, upto=None):
+    def read(self, offset, max_bytes=1 << 20, upto=None, view=False):
         """Whole batches covering offset onward, as (bytes, [BatchInfo]).
 
         Returns at least one batch if any exists at or after offset, even if
         it is bigger than max_bytes, and nothing at or beyond upto.
         Positions in the infos are relative to the returned bytes.  Raises
         CorruptRecordError if validated bytes no longer pass their CRC, and
-        KafkaException(OFFSET_OUT_OF_RANGE) for offsets outside the log."""
+        KafkaException(OFFSET_OUT_OF_RANGE) for offsets outside the log.
+        view: a memoryview of the bytes read instead of a copy of the part
+        holding the batches (a consumer decoding them at once needs no copy)."""
         with self._mutex:
             if offset >= self.next_offset:
                 self.refresh()
@@ -661,9 +663,9 @@ class PartitionLog:
             expect, pos = seg.lookup_entry(offset)
         if upto is not None and offset >= upto:
             return b"", []
-        return self._read_batches(seg, pos, end, offset, max_bytes, upto, expect)
+        return self._read_batches(seg, pos, end, offset, max_bytes, upto, expect, view)
 
-    def _read_batches(self, seg, pos, end, offset, max_bytes, upto, expect):
+    def _read_batches(self, seg, pos, end, offset, max_bytes, upto, expect, view):
         # The index entry may sit up to index.interval.bytes before offset.
         # expect: the base offset of the batch at pos.  baseOffset is outside
         # the CRC, so only the offset sequence catches a damaged one (which
@@ -689,7 +691,7 @@ class PartitionLog:
                 out.append(bi)
             if out:
                 last = out[-1]
-                buf = data[first:last.position + last.size]
+                buf = (memoryview(data) if view else data)[first:last.position + last.size]
                 for bi in out:
                     bi.position -= first
                 return buf, out

@@ -1,4 +1,9 @@
-"""Message and TopicPartition, shaped like confluent-kafka's."""
+"""Message and TopicPartition, shaped like confluent-kafka's.
+
+Message is the C type of pylog._fastmsg (csrc/message_type.c) when that
+extension is built, else (or with PYLOG_NO_FASTMSG set) the Python class
+below, PyMessage; both behave alike (tests/test_message_type.py)."""
+import os
 
 OFFSET_BEGINNING = -2
 OFFSET_END = -1
@@ -10,7 +15,20 @@ TIMESTAMP_CREATE_TIME = 1
 TIMESTAMP_LOG_APPEND_TIME = 2
 
 
-class Message:
+def _load_fastmsg():
+    if os.environ.get("PYLOG_NO_FASTMSG", "") not in ("", "0"):
+        return None
+    try:
+        from . import _fastmsg
+    except ImportError:
+        return None
+    return _fastmsg
+
+
+fastmsg = _load_fastmsg()       # None: the Python class and decode loop
+
+
+class PyMessage:
     """One record as handed to the application (or a delivery report, or an
     event carrying only error())."""
 
@@ -76,12 +94,22 @@ class Message:
     def __len__(self):
         return len(self._value) if self._value is not None else 0
 
+    def __reduce__(self):
+        # by the public name, whichever class it is in the unpickling process
+        return (Message, (self._topic, self._partition, self._offset, self._key, self._value,
+                             self._headers, self._timestamp, self._error, self._tstype,
+                             self._latency, self._leader_epoch))
+
     def __repr__(self):
         if self._error is not None:
             return "Message(error=%s)" % (self._error,)
         return "Message(topic=%r, partition=%d, offset=%d, key=%r, value=%r)" % (
             self._topic, self._partition, self._offset, self._key,
             self._value if self._value is None or len(self._value) <= 40 else self._value[:40] + b"...")
+
+
+PyMessage.__name__ = PyMessage.__qualname__ = "Message"
+Message = fastmsg.Message if fastmsg is not None else PyMessage
 
 
 class TopicPartition:

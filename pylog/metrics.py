@@ -252,7 +252,7 @@ class StatsEmitter:
         for (topic, partition), f in fetches:
             t = self._topic(out, store, topic)
             ps = t["partitions"].setdefault(str(partition), self._pstats(partition, -1, -1, -1))
-            ps["fetchq_cnt"] = len(f.buffer)
+            ps["fetchq_cnt"] = f.pending()
             ps["fetch_state"] = "active" if not f.paused else "stopped"
             ps["next_offset"] = ps["app_offset"] = f.position if f.position >= 0 else -1001
             ps["stored_offset"] = stored.get((topic, partition), -1001)
@@ -263,7 +263,7 @@ class StatsEmitter:
                 ps["consumer_lag"] = max(end - rec["offset"], 0)
             if end >= 0 and ps["stored_offset"] >= 0:
                 ps["consumer_lag_stored"] = max(end - ps["stored_offset"], 0)
-            out["msg_cnt"] += len(f.buffer)
+            out["msg_cnt"] += f.pending()
         member = getattr(c, "_member", None)
         if group:
             out["cgrp"] = {"state": "up", "stateage": out["age"] // 1000,
