@@ -12,8 +12,9 @@ import pytest
 from pylog import (Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition,
                    OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID, TIMESTAMP_CREATE_TIME)
 
+from benchmarks.bench_txn import waiting_consumer_main
 from txn_support import (CTX, child_process, conf_for, create_topics, err_of, read_all,
-                         values_of, wait_until)
+                         values_of)
 
 
 def consumer(conf, group="g", **extra):
@@ -846,22 +847,7 @@ def test_many_producers_interleaved_on_one_partition(tmp_path):
 
 
 # ---- cross-process wake-up ----
-
-def waiting_consumer_main(conf, conn, trials):
-    """Block in poll(5.0) once per trial; report when each record arrived."""
-    c = Consumer({**conf, "group.id": "waiter", "auto.offset.reset": "earliest",
-                  "enable.auto.commit": False})
-    c.assign([TopicPartition("wake", 0)])
-    c.poll(0.2)
-    try:
-        for _ in range(trials):
-            conn.send(("ready", None))
-            m = c.poll(5.0)
-            now = time.clock_gettime(time.CLOCK_MONOTONIC)
-            conn.send(("got", (None if m is None else m.value(), now)))
-    finally:
-        c.close()
-
+# (the waiting child is the wake-up benchmark's: benchmarks/bench_txn.py)
 
 def measure_wakeup(conf, trials=50, settle=0.01):
     """Latencies (seconds) from commit_transaction() being called, and from
