@@ -86,12 +86,15 @@ def cleanable_range(partition, config, now_ms):
     return out
 
 
-def dirty_ratio(partition, config, now_ms=None):
-    """Share of the cleanable bytes not cleaned since the last compaction."""
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+def dirty_ratio(partition, config, now_ms=None, segments=None):
+    """Share of the cleanable bytes not cleaned since the last compaction
+    (segments: cleanable_range's answer, when the caller has it)."""
+    if segments is None:
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        segments = cleanable_range(partition, config, now_ms)
     cleaned_to = fsutil.read_offset_file(os.path.join(partition.log.path, CHECKPOINT_FILE))
     total = dirty = 0
-    for seg, _ in cleanable_range(partition, config, now_ms):
+    for seg, _ in segments:
         total += seg.size
         if seg.base_offset >= cleaned_to:
             dirty += seg.size
@@ -112,10 +115,11 @@ def compact(partition, config, now_ms=None, min_dirty_ratio=None, stop=None):
             return None
         _remove_stale(lg.path)
         partition.refresh()
-        if min_dirty_ratio is not None and dirty_ratio(partition, config, now_ms) < min_dirty_ratio:
+        segments = cleanable_range(partition, config, now_ms)
+        if min_dirty_ratio is not None and \
+                dirty_ratio(partition, config, segments=segments) < min_dirty_ratio:
             return None
         partition.snapshot()            # producer state and aborted index complete in LMDB
-        segments = cleanable_range(partition, config, now_ms)
         result = CompactionResult()
         if not segments:
             return result
@@ -223,7 +227,7 @@ class _SegmentReader:
 
     def __init__(self, lg, seg, end):
         self.lg = lg
-        self.seg = Segment(lg.path, seg.base_offset, lg.config.index_interval_bytes)
+        self.seg = self._open(seg.base_offset)
         self.ino = os.fstat(self.seg.fd).st_ino
         self.end = end
         self.max_batch_size = lg.config.max_batch_size
@@ -232,13 +236,16 @@ class _SegmentReader:
         """Open it again for the second pass (one segment open at a time, not
         all of them); False if the file is no longer the one learnt from."""
         try:
-            self.seg = Segment(self.lg.path, self.seg.base_offset, self.lg.config.index_interval_bytes)
+            self.seg = self._open(self.seg.base_offset)
         except OSError:
             return False                # deleted by retention meanwhile
         if os.fstat(self.seg.fd).st_ino != self.ino:
             self.seg.close()
             return False
         return True
+
+    def _open(self, base_offset):
+        return Segment(self.lg.path, base_offset, self.lg.config.index_interval_bytes)
 
     def batches(self):
         return _walk(self.seg.read, self.seg.size, self.seg.base_offset, self.end,
