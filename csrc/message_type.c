@@ -185,14 +185,23 @@ fail:
 }
 
 /* ---- accessors ---- */
-static PyObject *m_topic(pl_Message *m, PyObject *unused) { return or_none(m->topic); }
-static PyObject *m_partition(pl_Message *m, PyObject *unused) { return or_none(m->partition); }
-static PyObject *m_offset(pl_Message *m, PyObject *unused) { return get_offset(m); }
-static PyObject *m_key(pl_Message *m, PyObject *unused) { return or_none(m->key); }
-static PyObject *m_value(pl_Message *m, PyObject *unused) { return or_none(m->value); }
-static PyObject *m_error(pl_Message *m, PyObject *unused) { return or_none(m->error); }
-static PyObject *m_latency(pl_Message *m, PyObject *unused) { return or_none(m->latency); }
-static PyObject *m_leader_epoch(pl_Message *m, PyObject *unused) { return or_none(m->leader_epoch); }
+/* A field's method (m.topic()) and the Python class's slot name for it
+ * (m._topic, read-only). */
+#define FIELD(name, expr) \
+    static PyObject *m_##name(pl_Message *m, PyObject *unused) { return (expr); } \
+    static PyObject *g_##name(pl_Message *m, void *closure) { return (expr); }
+FIELD(topic, or_none(m->topic))
+FIELD(partition, or_none(m->partition))
+FIELD(offset, get_offset(m))
+FIELD(key, or_none(m->key))
+FIELD(value, or_none(m->value))
+FIELD(error, or_none(m->error))
+FIELD(latency, or_none(m->latency))
+FIELD(leader_epoch, or_none(m->leader_epoch))
+#undef FIELD
+static PyObject *g_headers(pl_Message *m, void *c) { return or_none(m->headers); }
+static PyObject *g_timestamp(pl_Message *m, void *c) { return or_none(m->timestamp); }
+static PyObject *g_tstype(pl_Message *m, void *c) { return PyLong_FromLong(m->tstype); }
 
 static PyObject *m_headers(pl_Message *m, PyObject *unused)
 {
@@ -292,33 +301,13 @@ static PyMethodDef msg_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* The Python class's slot names, read-only. */
-static PyObject *g_topic(pl_Message *m, void *c) { return or_none(m->topic); }
-static PyObject *g_partition(pl_Message *m, void *c) { return or_none(m->partition); }
-static PyObject *g_offset(pl_Message *m, void *c) { return get_offset(m); }
-static PyObject *g_key(pl_Message *m, void *c) { return or_none(m->key); }
-static PyObject *g_value(pl_Message *m, void *c) { return or_none(m->value); }
-static PyObject *g_headers(pl_Message *m, void *c) { return or_none(m->headers); }
-static PyObject *g_timestamp(pl_Message *m, void *c) { return or_none(m->timestamp); }
-static PyObject *g_tstype(pl_Message *m, void *c) { return PyLong_FromLong(m->tstype); }
-static PyObject *g_error(pl_Message *m, void *c) { return or_none(m->error); }
-static PyObject *g_latency(pl_Message *m, void *c) { return or_none(m->latency); }
-static PyObject *g_leader_epoch(pl_Message *m, void *c) { return or_none(m->leader_epoch); }
-
+#define SLOT(name) {"_" #name, (getter)g_##name, NULL, NULL, NULL}
 static PyGetSetDef msg_getset[] = {
-    {"_topic", (getter)g_topic, NULL, NULL, NULL},
-    {"_partition", (getter)g_partition, NULL, NULL, NULL},
-    {"_offset", (getter)g_offset, NULL, NULL, NULL},
-    {"_key", (getter)g_key, NULL, NULL, NULL},
-    {"_value", (getter)g_value, NULL, NULL, NULL},
-    {"_headers", (getter)g_headers, NULL, NULL, NULL},
-    {"_timestamp", (getter)g_timestamp, NULL, NULL, NULL},
-    {"_tstype", (getter)g_tstype, NULL, NULL, NULL},
-    {"_error", (getter)g_error, NULL, NULL, NULL},
-    {"_latency", (getter)g_latency, NULL, NULL, NULL},
-    {"_leader_epoch", (getter)g_leader_epoch, NULL, NULL, NULL},
+    SLOT(topic), SLOT(partition), SLOT(offset), SLOT(key), SLOT(value), SLOT(headers),
+    SLOT(timestamp), SLOT(tstype), SLOT(error), SLOT(latency), SLOT(leader_epoch),
     {NULL, NULL, NULL, NULL, NULL},
 };
+#undef SLOT
 
 static PySequenceMethods msg_as_sequence = {
     .sq_length = (lenfunc)msg_len,
