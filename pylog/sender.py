@@ -193,19 +193,21 @@ class Sender:
                                    tq.nparts, -1, parts)
         if rc:
             raise_for(rc, "partitioner")
+        chosen = [explicit[i] if explicit[i] >= 0 else parts[i] for i in range(n)]
+        # Keyless records take the sticky partition a batch's worth at a time
+        # (as _stick does), chosen before grouping, so that every partition
+        # gets its records in produce() order whatever their kind.
+        keyless = [i for i in range(n) if chosen[i] < 0]
+        for start, stop in self._cuts([recs[i] for i in keyless]):
+            for i in keyless[start:stop]:
+                chosen[i] = tq.sticky
+            self._rotate(tq)
         groups = collections.OrderedDict()
-        keyless = []
         for i in range(n):
-            part = explicit[i] if explicit[i] >= 0 else parts[i]
-            if part < 0:
-                keyless.append(recs[i])
-            else:
-                groups.setdefault(part, []).append(recs[i])
+            groups.setdefault(chosen[i], []).append(recs[i])
         out = []
         for part, group in groups.items():
             out.extend(self._split(tq.topic, part, group, ts0))
-        if keyless:
-            out.extend(self._stick(tq, self._split(tq.topic, -1, keyless, ts0)))
         return out
 
     def _stick(self, tq, batches):
@@ -237,18 +239,24 @@ class Sender:
             start = stop
         return out
 
-    def _split(self, topic, partition, recs, ts0):
-        """Cut one partition's records into batches within batch.num.messages/batch.size."""
+    def _cuts(self, recs):
+        """[(start, stop)]: recs cut into batches within batch.num.messages/batch.size."""
         out, start, size = [], 0, 0
         for i, r in enumerate(recs):
             v = r if r.__class__ is bytes else r[0]
             rsize = (len(v) if v is not None else 0) + 24
             if i > start and (i - start >= self.batch_msgs or size + rsize > self.batch_bytes):
-                out.append(_Batch(topic, partition, recs[start:i], ts0))
+                out.append((start, i))
                 start, size = i, 0
             size += rsize
-        out.append(_Batch(topic, partition, recs[start:] if start else recs, ts0))
+        if recs:
+            out.append((start, len(recs)))
         return out
+
+    def _split(self, topic, partition, recs, ts0):
+        """One partition's records as batches (see _cuts)."""
+        return [_Batch(topic, partition, recs[a:b] if a or b < len(recs) else recs, ts0)
+                for a, b in self._cuts(recs)]
 
     # ---- encoding and writing ----
     def _encode(self, b, seq):
