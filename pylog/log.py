@@ -10,7 +10,9 @@ appended since they last looked and stop before a batch still being written.
 
 Durability.  pylog.fsync=always fsyncs the active segment before append()
 returns; interval fsyncs when the last fsync is older than the interval;
-never leaves it to the OS.  Rolling a segment fsyncs the old one, and new
+never leaves it to the OS.  append(sync="defer") leaves the fsync to a later
+sync_deferred(), which covers every deferred append before it: one fsync for
+a group of appends.  Rolling a segment fsyncs the old one, and new
 files are followed by an fsync of the directory.  After a failed fsync the
 kernel may have dropped the dirty pages, so the partition refuses all writes
 (StorageError) until it is reopened and recovered from disk.
@@ -438,7 +440,9 @@ class PartitionLog:
         AppendResult (a duplicate or a refusal: do not write it);
         hook.after(log, written) runs after the write.  Offsets are assigned
         in order from next_offset to the batches written, so a hook can
-        predict them.  sync overrides the configured pylog.fsync policy.
+        predict them.  sync overrides the configured pylog.fsync policy;
+        sync="defer" writes without an fsync, for a caller that calls
+        sync_deferred() before it acknowledges anything written.
         Returns one AppendResult per batch."""
         if not batches:
             return []
@@ -495,20 +499,47 @@ class PartitionLog:
                 pending_infos.append(bi)
                 all_written.append(bi)
             self._write(pending, pending_infos)
+            if (sync or self.config.fsync) == "defer":
+                self._segments[-1].start_writeback()
             if hook:
                 hook.after(self, all_written)
             seg = self._segments[-1]
             point = (seg, seg.size, seg.max_timestamp, seg.next_offset)
         policy = sync or self.config.fsync
         if all_written and (policy == "always" or policy == "interval" and self.sync_due()):
-            self.sync_to(seg, point[1])
-            if self._since_checkpoint >= self.config.checkpoint_bytes:
-                # Advance the recovery point to what that fsync covered, so a
-                # crash costs a rescan of at most checkpoint.bytes.
-                with self.locked():
-                    if seg is self._segments[-1]:
-                        self._write_recovery_point(*point)
+            self._sync_point(point)
         return results
+
+    def _sync_point(self, point):
+        """fsync up to point (segment, position, max ts, next offset: the end
+        of a write), outside the append lock (group commit, see sync_to)."""
+        seg = point[0]
+        self.sync_to(seg, point[1])
+        if self._since_checkpoint >= self.config.checkpoint_bytes:
+            # Advance the recovery point to what that fsync covered, so a
+            # crash costs a rescan of at most checkpoint.bytes.
+            with self.locked():
+                if seg is self._segments[-1]:
+                    self._write_recovery_point(*point)
+
+    def sync_deferred(self):
+        """Make durable what append(sync="defer") calls wrote: one fsync of
+        the active segment up to its current end (a roll fsynced the segments
+        before it), shared with concurrent appenders as append's is.  Like
+        pylog.fsync=always, but one fsync for a group of appends: nothing
+        they wrote may be acknowledged before this returns.  Raises
+        StorageError if the fsync fails (the partition then refuses writes)."""
+        with self._mutex:
+            self._check_writable()
+            seg = self._segments[-1]
+            point = (seg, seg.size, seg.max_timestamp, seg.next_offset)
+        try:
+            self._sync_point(point)
+        except OSError as e:
+            # The .sync marker or the recovery point could not be written (as
+            # in append): what is durable is unknown, so no more writes.
+            self._failed = "I/O error making deferred appends durable: %s" % e
+            raise StorageError("partition %s: %s" % (self.path, self._failed)) from e
 
     def sync_due(self):
         """True when pylog.fsync=interval owes an fsync (unsynced bytes older

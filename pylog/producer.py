@@ -45,6 +45,16 @@ def fastprod_enabled():
     return _fastprod is not None and os.environ.get("PYLOG_NO_FASTPROD", "") in ("", "0")
 
 
+def _queued(value, key, partition, cb, timestamp, headers, hbytes, hcount):
+    """What _produce_slow queues: the record as a tuple, or the bare value when
+    that is all it is (as the short path queues it), e.g. the first record of
+    a new topic, so that the drain it is in can take the bare-value lane."""
+    if (key is None and partition == PARTITION_UA and cb is None and not timestamp
+            and headers is None and value.__class__ is bytes):
+        return value
+    return (value, key, partition, cb, timestamp, headers, hbytes, hcount)
+
+
 def _as_bytes(obj, what):
     if obj is None or isinstance(obj, bytes):
         return obj
@@ -194,7 +204,7 @@ class Producer:
             self._arm(tq)                           # counts the queue (may raise BufferError)
         elif n >= tq.room or tq.bytes + size > self._max_queue_bytes:
             self._check_room(tq)
-        dq.append((value, key, partition, cb, timestamp, headers, hbytes, hcount))
+        dq.append(_queued(value, key, partition, cb, timestamp, headers, hbytes, hcount))
         tq.bytes += size
         if (len(dq) >= self._batch_msgs or tq.bytes >= self._batch_bytes) and not tq.kicked:
             tq.kicked = True

@@ -21,6 +21,16 @@ log = logging.getLogger("pylog.segment")
 _IDX = struct.Struct(">ii")
 _TIDX = struct.Struct(">qi")
 _SCAN_CHUNK = 8 << 20           # bytes read at a time when validating a segment
+_WRITEBACK_MIN = 1 << 20        # bytes written before start_writeback starts a writeback
+_SYNC_FILE_RANGE_WRITE = 2      # <fcntl.h>: start writeback, do not wait for it
+
+try:                            # Linux: sync_file_range(2), which os does not wrap
+    import ctypes
+    _sync_file_range = ctypes.CDLL(None, use_errno=True).sync_file_range
+    _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    _sync_file_range.restype = ctypes.c_int
+except (ImportError, OSError, AttributeError):
+    _sync_file_range = None
 
 
 class Segment:
@@ -45,6 +55,7 @@ class Segment:
         self._since_index = 0
         self.max_timestamp = -1             # largest batch timestamp appended (if known)
         self._first_timestamp = None
+        self._writeback_from = self.size    # start_writeback has started it below here
 
     # ---- appending ----
     def append(self, data, infos):
@@ -380,6 +391,22 @@ class Segment:
         self._reindex()
 
     # ---- durability and lifetime ----
+    def start_writeback(self):
+        """Start writing the bytes appended since the last call to the device,
+        without waiting (sync_file_range SYNC_FILE_RANGE_WRITE), once there
+        are at least _WRITEBACK_MIN of them, in whole pages.  For a writer that
+        fsyncs after several appends: the device works while it encodes and
+        writes the next ones, and the fsync finds less left to do.  Durability
+        still comes only from sync(); a failure here shows up there too, so
+        errors are ignored.  A no-op where sync_file_range is missing."""
+        end = self.size & ~4095
+        start = min(self._writeback_from, end)      # the file may have been cut back
+        if _sync_file_range is None or end - start < _WRITEBACK_MIN:
+            self._writeback_from = start
+            return
+        self._writeback_from = end
+        _sync_file_range(self.fd, start, end - start, _SYNC_FILE_RANGE_WRITE)
+
     def sync(self):
         try:
             fsutil.fsync(self.fd)

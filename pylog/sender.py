@@ -20,9 +20,12 @@ queue of bare values is cut into batches by one C call (Deque.take_bare,
 the cuts of _split_bare) and each batch is encoded by another (Encoder),
 into a bytearray that _encode completes (producer id, epoch, sequence, CRC)
 and the log stamps with its offset, both in place: no b"".join, no length
-arrays, no copy.  Unless pylog.fsync is always, such batches are appended
-one per call, so the encoder's one buffer is reused from batch to batch
-instead of fresh memory (page faults) for everything taken.
+arrays, no copy.  Such batches are appended one per call, so the encoder's
+one buffer is reused from batch to batch instead of fresh memory (page
+faults) for everything taken.  With pylog.fsync=always those appends defer
+their fsync (sync="defer", which also starts each one's writeback to the
+device behind it) and one fsync after the last batch of a drain makes them
+all durable before any is reported (group commit, Sender._append_each).
 """
 import bisect
 import collections
@@ -319,14 +322,13 @@ class Sender:
         err, results, raw, seq = None, None, [], first_seq
         try:
             part = p._store.partition(topic, partition)
-            if group[0].raw is not None and p._fsync != "always":
-                # One batch per append (see the module docstring): the same
-                # checks and offsets as one append of the group; a failure
-                # leaves the batches before it written and reported so.
+            if group[0].raw is not None or p._fsync == "always":
+                # One batch per append (see the module docstring; with
+                # fsync=always, one fsync for all of them): the same checks
+                # and offsets as one append of the group; a failure leaves
+                # the batches before it written and reported so.
                 results = []
-                for b in group:
-                    results.extend(part.append([self._encode(b, seq)], sync=p._fsync))
-                    seq = (seq + b.n) % SEQ_MODULO
+                self._append_each(part, group, seq, results)
             else:
                 for b in group:
                     raw.append(self._encode(b, seq))
@@ -358,6 +360,38 @@ class Sender:
             self._report(b, r.base_offset if r is not None and e is None else NOT_WRITTEN, e)
         if next_seq is not None:
             self.seq[key] = next_seq
+
+    def _append_each(self, part, group, seq, results):
+        """Append the batches one per call, extending results (the fast lane's
+        always; the others with pylog.fsync=always: the memory of one batch's
+        encoding is reused for the next instead of all of them being held).
+
+        With pylog.fsync=always the appends do not fsync each (sync="defer"):
+        one fsync after the last covers them all, before anything is
+        reported.  If a batch fails, those before it are still fsynced (and
+        reported written, as without fsync); if that fsync fails, none is."""
+        fsync = self.p._fsync
+        if fsync != "always":
+            for b in group:
+                results.extend(part.append([self._encode(b, seq)], sync=fsync))
+                seq = (seq + b.n) % SEQ_MODULO
+            return
+        failure = None
+        try:
+            for b in group:
+                results.extend(part.append([self._encode(b, seq)], sync="defer"))
+                seq = (seq + b.n) % SEQ_MODULO
+        except KafkaException as e:
+            failure = e
+        if any(r.appended for r in results):
+            try:
+                part.sync_deferred()
+            except KafkaException as e:
+                del results[:]              # not known to be durable: none counts as written
+                if not isinstance(failure, StorageError):
+                    failure = e             # the storage error is the one that matters
+        if failure is not None:
+            raise failure
 
     # ---- delivery reports ----
     def _report(self, b, base_offset, err):

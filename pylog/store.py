@@ -71,9 +71,17 @@ class Partition:
         self.store.notifier.bump()
         if (sync or self.log.config.fsync) == "interval":
             self.store.start_flusher()
-        if self.state.wants_snapshot():
+        if sync != "defer" and self.state.wants_snapshot():
             self.snapshot()
         return results
+
+    def sync_deferred(self):
+        """PartitionLog.sync_deferred for appends made with sync="defer",
+        then the producer-state snapshot they may have made due (deferred
+        too: its fsync of the log would stall the appends)."""
+        self.log.sync_deferred()
+        if self.state.wants_snapshot():
+            self.snapshot()
 
     def _abort_stale_and_retry(self, batches, results, stale, sync):
         """Abort the stale transactions the append hook found in the way of a

@@ -453,6 +453,85 @@ def test_per_call_sync_overrides_the_policy(opened, fsyncs):
     assert len(fsyncs) == 1
 
 
+def test_deferred_appends_are_fsynced_once_by_sync_deferred(opened, fsyncs):
+    lg = opened(fsync="always")
+    del fsyncs[:]
+    for i in range(4):
+        (r,) = lg.append([batch(vals("d%d" % i, 2))], sync="defer")
+        assert r.base_offset == 2 * i
+    assert fsyncs == []
+    lg.sync_deferred()
+    assert fsyncs == [lg.segments()[-1].fd]
+    lg.sync_deferred()                          # nothing new: the .sync marker covers it
+    assert len(fsyncs) == 1
+    assert [r.value for r in read_all(lg)] == [v for i in range(4) for v in vals("d%d" % i, 2)]
+
+
+def test_deferred_appends_across_a_roll_are_durable_after_sync_deferred(opened, fsyncs):
+    lg = opened(fsync="always", segment_bytes=1000)
+    del fsyncs[:]
+    for i in range(6):
+        lg.append([batch([b"r%d" % i * 100])], sync="defer")
+    segs = lg.segments()
+    assert len(segs) > 1
+    # a roll fsyncs the segment it closes (and files of its own)
+    assert {s.fd for s in segs[:-1]} <= set(fsyncs) and segs[-1].fd not in fsyncs
+    rolled = len(fsyncs)
+    lg.sync_deferred()
+    assert fsyncs[rolled:] == [segs[-1].fd]
+    assert len(read_all(lg)) == 6
+
+
+def test_a_failed_sync_deferred_refuses_writes_and_reopening_drops_the_deferred_bytes(tmp_path):
+    cfg = LogConfig(fsync="always")
+    lg = PartitionLog(str(tmp_path), cfg)
+    lg.append([batch(vals("ok", 3))])
+    lg.append([batch([b"lost1"])], sync="defer")
+    lg.append([batch([b"lost2"])], sync="defer")
+    failpoints.set("fsync.before", "eio")
+    with pytest.raises(StorageError):
+        lg.sync_deferred()
+    failpoints.clear()
+    with pytest.raises(StorageError):
+        lg.append([batch([b"again"])])
+    with pytest.raises(StorageError):
+        lg.sync_deferred()
+    lg.close()
+    lg = PartitionLog(str(tmp_path), cfg)
+    try:
+        assert [r.value for r in read_all(lg)] == vals("ok", 3)
+    finally:
+        lg.close()
+
+
+def test_an_io_error_writing_the_sync_marker_in_sync_deferred_is_a_storage_error(opened):
+    lg = opened(fsync="always")
+    lg.append([batch([b"d"])], sync="defer")
+    failpoints.set("log.sync_marker.before", "eio")
+    with pytest.raises(StorageError):
+        lg.sync_deferred()
+    failpoints.clear()
+    with pytest.raises(StorageError):
+        lg.append([batch([b"after"])])
+
+
+def test_deferred_appends_start_the_writeback_of_whole_pages(opened, monkeypatch):
+    from pylog import segment
+    calls = []
+    monkeypatch.setattr(segment, "_sync_file_range",
+                        lambda fd, start, n, flags: calls.append((start, n, flags)))
+    lg = opened(fsync="always", max_message_bytes=1 << 21)
+    lg.append([batch([b"n" * 300000])], sync="never")       # no writeback without defer
+    assert calls == []
+    for i in range(8):
+        lg.append([batch([b"%d" % i * 300000])], sync="defer")
+    assert calls and all(flags == 2 for _, _, flags in calls)
+    assert all(start % 4096 == 0 and n % 4096 == 0 and n >= 1 << 20 for start, n, _ in calls)
+    assert [start for start, _, _ in calls[1:]] == [start + n for start, n, _ in calls[:-1]]
+    assert calls[-1][0] + calls[-1][1] <= lg.segments()[-1].size
+    lg.sync_deferred()
+
+
 def test_fsync_interval_fsyncs_only_when_the_interval_has_passed(opened, fsyncs):
     lg = opened(fsync="interval", fsync_interval_ms=400)
     del fsyncs[:]

@@ -71,8 +71,10 @@ def _describe(m, size):
     if "error" in m:
         return "FAILED: " + m["error"]
     if "seq_fsync_MBps" in m:
-        return "fdatasync %.3f ms, write %.0f MB/s cached / %.0f MB/s fsynced" % (
-            m["fdatasync_med_s"] * 1e3, m["seq_cached_MBps"], m["seq_fsync_MBps"])
+        return "fdatasync %.3f ms, write %.0f MB/s cached / %.0f MB/s fsynced / %.0f MB/s " \
+            "fsynced with early writeback" % (
+                m["fdatasync_med_s"] * 1e3, m["seq_cached_MBps"], m["seq_fsync_MBps"],
+                m.get("seq_fsync_wb_MBps", 0))
     parts = ["write %s/s" % format(round(m["write"]), ",")]
     if m.get("read") is not None:
         parts.append("read %s/s" % format(round(m["read"]), ","))
