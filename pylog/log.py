@@ -702,8 +702,17 @@ class PartitionLog:
         # the CRC, so only the offset sequence catches a damaged one (which
         # would otherwise hand out records under offsets they never had).
         chunk = max(max_bytes, 4096) + self.config.index_interval_bytes
+        bounded = True
         while pos < end:
-            data = seg.read(pos, min(chunk, end - pos))
+            want = min(chunk, end - pos)
+            if bounded and want < end - pos:
+                # Stop at a batch start the index knows, rather than read the
+                # head of a batch only to drop it (a sixth of each read with
+                # ~900 KB batches and the default 1 MiB).
+                stop = seg.batch_start_before(pos + want)
+                if stop > pos:
+                    want = stop - pos
+            data = seg.read(pos, want)
             infos, valid, rc = _bridge.scan(data, self.config.max_batch_size, True, expect)
             # Bytes below seg.size were validated once: damage means they
             # changed on disk.  The whole batches before it are still served,
@@ -737,6 +746,7 @@ class PartitionLog:
                 break
             # The chunk holds no whole batch: read the first one whole.
             chunk = struct.unpack_from(">i", data, 8)[0] + 12 if len(data) >= 12 else chunk * 2
+            bounded = False
         return b"", []
 
     def offsets_for_time(self, timestamp):

@@ -145,6 +145,17 @@ class Segment:
         i = bisect.bisect_right(self._idx_off, offset)
         return (self._idx_off[i - 1], self._idx_pos[i - 1]) if i else (self.base_offset, 0)
 
+    def batch_start_before(self, limit):
+        """The position of the last indexed batch starting at or before byte
+        limit, else 0: where a read may stop without cutting a batch."""
+        self._ensure_index()
+        positions = self._idx_pos          # (truncate and reindex may replace or cut it)
+        i = bisect.bisect_right(positions, limit)
+        try:
+            return positions[i - 1] if i else 0
+        except IndexError:
+            return 0
+
     def lookup_time(self, timestamp):
         """Offset from which to scan for the first record with ts >= timestamp.
 

@@ -229,6 +229,31 @@ def test_read_with_small_max_bytes_walks_the_whole_log(sized):
     assert read_all(sized, start=57)[0].offset == 57
 
 
+def test_reads_stop_at_a_batch_start_the_index_knows(sized, monkeypatch):
+    """A read does not fetch the head of a batch only to drop it: it ends at
+    an indexed batch start (every batch here is indexed).  A wrong index
+    entry (not a batch start) costs only that: the reads still return the
+    right records."""
+    seg = sized.segments()[-1]
+    starts = {bi.position for bi in sized.read(0, 10 ** 9)[1]} | {seg.size}
+    lengths = []
+    real = type(seg).read
+
+    def spy(self, position, length):
+        lengths.append((position, length))
+        return real(self, position, length)
+    monkeypatch.setattr(type(seg), "read", spy)
+    one = sized.read(0, 1)[1][0].size
+    for k in (1, 2, 3, 7):
+        del lengths[:]
+        assert len(read_all(sized, max_bytes=one * k + one // 2)) == 120
+        assert all(p + n in starts for p, n in lengths), lengths
+    real_stop = type(seg).batch_start_before
+    monkeypatch.setattr(type(seg), "batch_start_before",    # as if an entry were off by 7
+                        lambda self, limit: real_stop(self, limit) + 7)
+    assert [r.offset for r in read_all(sized, max_bytes=one * 3)] == list(range(120))
+
+
 # ---- roll ----
 def segment_files(path):
     return sorted(n for n in os.listdir(path) if n.endswith(".log"))
