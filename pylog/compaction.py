@@ -12,8 +12,9 @@ What a cleaned segment keeps.  Offsets never change; records go.
     had that long to see it; a cleaned copy keeps the original's mtime);
   - records of aborted transactions go; control batches (markers) all stay,
     so read_committed readers meet the same markers as before;
-  - keyless records stay (Kafka refuses them on compacted topics; pylog
-    keeps what it was given rather than guess);
+  - keyless records stay: appends to a compacted topic refuse them, as
+    Kafka does (INVALID_RECORD), so only a log written before that check
+    has any, and compaction does not guess what they superseded;
   - a batch that keeps any record keeps its header (base offset,
     lastOffsetDelta, producer id, epoch, sequence), and so does each
     producer's last data batch even when emptied, so producer state can

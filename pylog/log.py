@@ -47,7 +47,7 @@ class LogConfig:
 
     def __init__(self, segment_bytes=1 << 30, segment_ms=7 * 24 * 3600 * 1000,
                  index_interval_bytes=4096, max_message_bytes=1048588, fsync="never",
-                 fsync_interval_ms=1000, checkpoint_bytes=16 << 20):
+                 fsync_interval_ms=1000, checkpoint_bytes=16 << 20, compacted=False):
         if fsync not in FSYNC_POLICIES:
             raise KafkaException(KafkaError(
                 KafkaError._INVALID_ARG,
@@ -71,12 +71,21 @@ class LogConfig:
         self.fsync = fsync
         self.fsync_interval_ms = fsync_interval_ms
         self.checkpoint_bytes = checkpoint_bytes
+        self.compacted = compacted          # cleanup.policy has compact: every record needs a key
 
     @property
     def max_batch_size(self):
         # A stored batch may be a little over max.message.bytes (Kafka's own
         # limit counts the batch); reject only sizes no segment can hold.
         return self.segment_bytes
+
+
+def _has_keyless(buf, bi):
+    """True if a record of the (validated) batch bi in buf has a null key."""
+    from .codec import records_region
+    fields = _bridge.decode_records(records_region(buf, bi), bi.records_count, bi.base_offset,
+                                    bi.base_timestamp)
+    return any(kl < 0 for kl in fields[3::_bridge.REC_FIELDS])
 
 
 class AppendResult:
@@ -467,6 +476,13 @@ class PartitionLog:
                     KafkaError.RECORD_LIST_TOO_LARGE,
                     "batch of %d bytes is larger than segment.bytes=%d" % (
                         found[0].size, self.config.segment_bytes)))
+            if self.config.compacted and not found[0].is_control and _has_keyless(b, found[0]):
+                # Kafka's LogValidator: compaction keeps the latest record per
+                # key, so a record without one has no place in the topic.
+                raise KafkaException(KafkaError(
+                    KafkaError.INVALID_RECORD,
+                    "Compacted topic cannot accept message without key in topic partition "
+                    "%s-%d." % (self.topic, self.partition)))
             infos.append(found[0])
         try:
             return self._append_locked(batches, infos, hook, sync)

@@ -330,7 +330,8 @@ class Store:
         return LogConfig(segment_bytes=cfg["segment.bytes"], segment_ms=cfg["segment.ms"],
                          index_interval_bytes=cfg["index.interval.bytes"],
                          max_message_bytes=cfg["max.message.bytes"], fsync=self.fsync,
-                         fsync_interval_ms=self.fsync_interval_ms)
+                         fsync_interval_ms=self.fsync_interval_ms,
+                         compacted="compact" in cfg["cleanup.policy"])
 
     # ---- partitions ----
     def partition(self, topic, partition):

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from pylog import KafkaException, Producer, TopicPartition, testing
+from pylog import KafkaError, KafkaException, Producer, TopicPartition, testing
 from pylog import compaction
 from pylog.codec import decode_batch, encode_batch
-from pylog.log import PartitionLog
+from pylog.log import LogConfig, PartitionLog
 from pylog.store import Store
 
 from txn_support import conf_for, create_topics, opened_store, read_all
@@ -204,11 +204,46 @@ def test_compressed_batches_are_recompressed_with_their_codec(store_dir, codec):
     assert final_view(read_all(conf, [("c", 0)])) == expected_view(pairs)
 
 
-def test_keyless_records_are_kept(store_dir):
+def test_a_record_without_a_key_is_refused(store_dir):
+    """As Kafka's broker does: INVALID_RECORD for the record's batch, and the
+    producer goes on (its later keyed records are written)."""
+    conf = conf_for(store_dir)
+    create_topics(conf, {"c": (1, COMPACT), "plain": 1})
+    reports = []
+    p = Producer({**conf, "enable.idempotence": True, "linger.ms": 0})
+    try:
+        for key in (b"a", None, b"b"):
+            for topic in ("c", "plain"):
+                p.produce(topic, key=key, value=b"v", partition=0,
+                          on_delivery=lambda err, m: reports.append((m.topic(), m.key(), err)))
+            p.flush()
+    finally:
+        p.close()
+    errors = {(t, k): None if e is None else e.code() for t, k, e in reports}
+    assert errors == {("c", b"a"): None, ("c", None): KafkaError.INVALID_RECORD,
+                      ("c", b"b"): None, ("plain", b"a"): None, ("plain", None): None,
+                      ("plain", b"b"): None}
+    assert [m.key() for m in read_all(conf, [("c", 0)])] == [b"a", b"b"]
+    assert "without key" in [e for t, k, e in reports if e is not None][0].str()
+
+
+def test_keyless_records_already_in_the_log_are_kept(store_dir):
+    """Records written before the key check (an older pylog) stay: compaction
+    does not guess what a record without a key superseded."""
     pairs = [(None if i % 3 == 0 else b"k", b"%d" % i) for i in range(300)]
-    conf = compacted_topic(store_dir, pairs)
+    conf = conf_for(store_dir)
+    create_topics(conf, {"c": (1, COMPACT)})
     with opened_store(store_dir) as s:
-        s.compact("c")
+        path = s.partition("c", 0).log.path
+    lg = PartitionLog(path, LogConfig(segment_bytes=COMPACT["segment.bytes"]), "c", 0)
+    try:
+        for i in range(0, len(pairs), 7):
+            lg.append([encode_batch([(1000 + j, k, v, None) for j, (k, v) in
+                                     enumerate(pairs[i:i + 7])])])
+    finally:
+        lg.close()
+    with opened_store(store_dir) as s:
+        assert s.compact("c")[0].records_removed > 0
     msgs = read_all(conf, [("c", 0)])
     assert [m.value() for m in msgs if m.key() is None] == [v for k, v in pairs if k is None]
 
