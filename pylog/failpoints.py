@@ -63,7 +63,15 @@ CATALOGUE = {
                                 "nothing written to them yet",
     "txn.add_offsets.after": "group offsets staged in the Ongoing transaction",
     "txn.prepare.before": "before PrepareCommit/PrepareAbort (the commit point)",
-    "txn.prepare.after": "Prepare* durable, no marker written yet",
+    "txn.prepare.after": "Prepare* durable, no marker written yet (with batches carried "
+                         "in it: they are appended and fsynced too)",
+    "txn.redo.committed": "a PrepareCommit carrying the transaction's unsent batches is "
+                          "committed to LMDB (its meta page not yet flushed); none of the "
+                          "batches appended yet",
+    "txn.redo.append.after": "after each partition's append (and fsync) of the batches its "
+                             "PrepareCommit carries, before any marker",
+    "txn.redo.reappend.after": "a roll-forward appended the carried batches a partition "
+                               "lacked, its marker not yet written",
     "txn.marker.after": "after each partition's marker (between markers)",
     "txn.markers.sync.before": "commit_transaction() returned; the producer's marker "
                                "fsync (a worker thread) not yet started",

@@ -17,6 +17,11 @@ Named databases and their keys (pk = topic UTF-8 + 0x00 + int32 BE partition):
     pids        int64 BE producer_id           -> transactional.id UTF-8 (its owner)
     offsets     group + 0x00 + pk              -> JSON {"offset": o, "metadata": m}
     groups      group UTF-8                    -> JSON membership (consumer groups)
+    redo        transactional.id UTF-8         -> the record batches a PrepareCommit
+                                                  carries (see txn.py, "Redo in
+                                                  Prepare"): per batch int16 BE topic
+                                                  length, topic, int32 BE partition,
+                                                  int32 BE length, the batch
 
 LMDB rules followed here (from its documentation): an environment is opened
 after fork, never inherited; stale reader slots of dead processes are cleared
@@ -44,7 +49,7 @@ from . import failpoints
 from .errors import KafkaError, KafkaException, StorageError
 
 _DBS = (b"topics", b"counters", b"pstate", b"partitions", b"txn_open", b"aborted",
-        b"txns", b"pids", b"offsets", b"groups")
+        b"txns", b"pids", b"offsets", b"groups", b"redo")
 _Q = struct.Struct(">q")
 _QQ = struct.Struct(">qq")
 INITIAL_MAP_SIZE = 64 << 20
@@ -53,6 +58,32 @@ MAX_MAP_SIZE = 1 << 40
 
 def pkey(topic, partition):
     return topic.encode("utf-8") + b"\x00" + partition.to_bytes(4, "big")
+
+
+_REDO_HEAD = struct.Struct(">h")
+_REDO_PART = struct.Struct(">ii")
+
+
+def encode_redo(batches):
+    out = bytearray()
+    for topic, partition, raw in batches:
+        t = topic.encode("utf-8")
+        out += _REDO_HEAD.pack(len(t)) + t + _REDO_PART.pack(partition, len(raw))
+        out += raw
+    return bytes(out)
+
+
+def decode_redo(raw):
+    out, pos, mv = [], 0, memoryview(raw)
+    while pos < len(raw):
+        (n,) = _REDO_HEAD.unpack_from(raw, pos)
+        topic = bytes(mv[pos + 2:pos + 2 + n]).decode("utf-8")
+        pos += 2 + n
+        partition, size = _REDO_PART.unpack_from(raw, pos)
+        pos += _REDO_PART.size
+        out.append((topic, partition, bytes(mv[pos:pos + size])))
+        pos += size
+    return out
 
 
 def split_pkey(key):
@@ -294,6 +325,20 @@ class Meta:
             self._adopt_size(e) if resize == "adopt" else self._grow(e)
         raise KafkaException(KafkaError(KafkaError._FS, "LMDB write kept failing at %s" % self.path))
 
+    def make_durable(self):
+        """Flush the meta page of the last commit (what update(durable=True)
+        adds to a commit), for a caller that overlaps it with other work."""
+        if not self.sync:
+            return
+        e = self._shared()
+        with e.gate.shared():
+            try:
+                e.env.sync(True)
+            except lmdb.Error as err:
+                raise StorageError("LMDB flush after a commit failed at %s: %s"
+                                   % (self.path, err)) from err
+        failpoints.hit("meta.durable.after")
+
     def view(self, fn):
         """Run fn(txn) in a read transaction; returns fn's result."""
         for _ in range(64):
@@ -427,9 +472,21 @@ class Meta:
         raw = txn.get(transactional_id.encode("utf-8"), db=self.db["txns"])
         return json.loads(raw) if raw else None
 
-    def put_txn(self, txn, transactional_id, state):
-        txn.put(transactional_id.encode("utf-8"), json.dumps(state, sort_keys=True).encode(),
-                db=self.db["txns"])
+    def put_txn(self, txn, transactional_id, state, redo=None):
+        """Store the coordinator state; redo: the batches its PrepareCommit
+        carries ([(topic, partition, bytes)]).  A state without a "redo" key
+        drops any batches stored before (Complete*, or a new transaction)."""
+        key = transactional_id.encode("utf-8")
+        txn.put(key, json.dumps(state, sort_keys=True).encode(), db=self.db["txns"])
+        if redo is not None:
+            txn.put(key, encode_redo(redo), db=self.db["redo"])
+        elif "redo" not in state:
+            txn.delete(key, db=self.db["redo"])
+
+    def get_redo(self, txn, transactional_id):
+        """[(topic, partition, bytes)] stored by put_txn(..., redo=...), in order."""
+        raw = txn.get(transactional_id.encode("utf-8"), db=self.db["redo"])
+        return decode_redo(raw) if raw else []
 
     def put_pid_owner(self, txn, producer_id, transactional_id):
         txn.put(_Q.pack(producer_id), transactional_id.encode("utf-8"), db=self.db["pids"])

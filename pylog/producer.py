@@ -322,6 +322,16 @@ class Producer:
         if self._txn is None or self._txn.state not in (IN_TXN, ABORTABLE):
             raise KafkaException(KafkaError(KafkaError._STATE, "commit_transaction() needs an open transaction"))
         self._txn.raise_abortable()
+        try:
+            # The small-transaction case: records still queued travel in the
+            # commit point itself (ProducerTxn.commit_unsent).
+            if self._txn.commit_unsent():
+                self.flush(timeout)                 # their delivery reports
+                return
+        except KafkaException as e:
+            if e.args[0].txn_requires_abort():
+                self._txn.set_abortable(e.args[0])
+            raise
         left = self.flush(timeout)
         if left:
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT,

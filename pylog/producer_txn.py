@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import failpoints
 from .errors import KafkaError, KafkaException, StorageError
+from .sender import NOT_WRITTEN, SEQ_MODULO
+from .txn import REDO_MAX_BYTES
 
 INIT, READY, IN_TXN, ABORTABLE, FATAL = "Init", "Ready", "InTransaction", "AbortableError", "FatalError"
 
@@ -118,6 +120,75 @@ class ProducerTxn:
         self.added.update(new)
         return None
 
+    def commit_unsent(self):
+        """Commit carrying the records still queued in the PrepareCommit
+        (txn.Coordinator.commit_redo), when there are some, they fit in
+        REDO_MAX_BYTES and pylog.fsync is always.  Returns False when it did
+        not commit: the caller then flushes and ends the usual way (anything
+        taken from the queues was written the usual way meanwhile).  Their
+        delivery reports are queued here; the caller serves them."""
+        p = self.p
+        if p._fsync != "always" or self.state != IN_TXN:
+            return False
+        queues = [tq for tq in list(p._queues.values()) if tq.dq]
+        if not queues or sum(tq.bytes for tq in queues) > REDO_MAX_BYTES:
+            return False
+        s = p._sender
+        with s.lock:                    # the linger thread waits: batch order is ours
+            if p._fatal is not None or self.state != IN_TXN:
+                return False            # the caller raises it
+            batches = []
+            for tq in queues:
+                batches.extend(s._take(tq))
+            if not batches:
+                return False
+            seqs, redo, total = {}, [], 0
+            try:
+                for b in batches:
+                    key = (b.topic, b.partition)
+                    seq = seqs.get(key, s.seq.get(key, 0))
+                    raw = bytes(s._encode(b, seq))  # a copy: the encoder reuses its buffer
+                    seqs[key] = (seq + b.n) % SEQ_MODULO
+                    redo.append((b.topic, b.partition, raw))
+                    total += len(raw)
+            except KafkaException:
+                total = None            # the usual path reports what encoding refuses
+            if total is None or total > REDO_MAX_BYTES:
+                s._write(batches)
+                return False
+            progress = {}
+            try:
+                (pid, epoch), results = self.call(
+                    lambda c, pid, ep: c.commit_redo(p._transactional_id, pid, ep, redo, progress))
+            except Exception as e:
+                if not progress.get("prepared"):
+                    # Nothing of it was recorded: write them the usual way
+                    # (which reports what the coordinator refuses).
+                    s._write(batches)
+                    return False
+                # Decided (PrepareCommit is in LMDB, maybe not durable yet):
+                # whoever rolls it forward appends the batches.  Their outcome
+                # is unknown to us: report them failed, never acknowledged.
+                s.seq.update(seqs)
+                self.added.update(seqs)
+                err = e.args[0] if isinstance(e, KafkaException) else KafkaError(
+                    KafkaError._FAIL, "commit failed after its commit point: %s" % e)
+                if isinstance(e, StorageError):
+                    p._set_fatal(err)
+                for b in batches:
+                    s._report(b, NOT_WRITTEN, err)
+                raise
+            s.seq.update(seqs)
+            self.added.update(seqs)
+            at = {}
+            for b in batches:
+                key = (b.topic, b.partition)
+                i = at.get(key, 0)
+                at[key] = i + 1
+                s._report(b, results[key][i].base_offset, None)
+        self._ended(pid, epoch, True)
+        return True
+
     def end(self, commit):
         p = self.p
         # pylog.fsync=never: a system crash may lose acknowledged records, so
@@ -131,6 +202,10 @@ class ProducerTxn:
                 p._store.partition(topic, partition).log.sync(force=True)
         pid, epoch = self.call(lambda c, pid, ep: c.end_txn(p._transactional_id, pid, ep, commit,
                                                             durable))
+        self._ended(pid, epoch, durable)
+
+    def _ended(self, pid, epoch, durable):
+        p = self.p
         if durable:
             self._sync_markers_later(list(self.added))
         # KIP-890: every end bumps the epoch (and at the int16 limit the

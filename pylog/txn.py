@@ -21,6 +21,36 @@ detected from the partition's producer state, so none is written twice.
 So a durable commit costs the data's fsync and Prepare*'s (plus the
 add-partitions record's, once per transaction).
 
+Redo in Prepare (commit_redo): when commit_transaction() finds the
+transaction's last records still unsent (the small-transaction case), the
+producer encodes them as the sender would (producer id, epoch, sequence
+numbers) and the PrepareCommit carries them: the partitions not registered
+yet are registered by it, and the batches are stored with it (meta "redo"
+database; at most REDO_MAX_BYTES).  Steps, under the id's lock:
+
+  1. LMDB commit of PrepareCommit + registration + batches + offsets
+     (one fdatasync; not yet durable: its meta page is not flushed);
+  2. in parallel: the meta page flush (making 1 the durable commit point)
+     and, on a worker thread that writes nothing before 1 returned, the
+     appends of the batches with their fsync (the partitions' append hook
+     lets these batches of a Prepare* in: verify_write);
+  3. when both are done, the markers (not fsynced, as above), then return.
+
+So the commit costs one flush, then the longer of two concurrent ones,
+instead of four in a row; and nothing is acknowledged before the records
+are fsynced at the offsets reported.  Crash safety: before 1 nothing of
+the batches is anywhere.  After 1, LMDB holds the decision and the batches:
+every roll-forward of a Prepare* (_write_markers: the owner's retried
+EndTxn, recover(), init_transactions of the id, the timer) first appends
+the stored batches the partition lacks (judged from the producer's
+sequence numbers there at the transaction's epoch), then the marker.  A
+power loss before 2 finished may undo 1 (metasync off) while some appended
+batches survive: nothing was acknowledged, and the data is then an open
+transaction that no coordinator state accounts for, which abort_orphans
+ends (the same case as an undone add-partitions record).  Complete*, which
+drops the stored batches, is recorded only after the partitions are
+fsynced, as for markers.
+
 Every end of a transaction bumps the epoch (KIP-890): markers carry the new
 epoch, so a delayed write of the finished transaction is fenced by the
 partition (INVALID_PRODUCER_EPOCH) instead of joining the next one.
@@ -34,6 +64,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import struct
 import threading
 import time
 from contextlib import contextmanager
@@ -44,6 +75,7 @@ from .errors import KafkaError, KafkaException
 from .meta import pkey
 
 log = logging.getLogger("pylog.txn")
+_SEQ = struct.Struct(">i")
 
 EMPTY, ONGOING = "Empty", "Ongoing"
 PREPARE_COMMIT, PREPARE_ABORT = "PrepareCommit", "PrepareAbort"
@@ -56,10 +88,41 @@ MAX_EPOCH = 32767
 MAX_SESSION_EPOCH = MAX_EPOCH - 1
 MAX_TIMEOUT_MS = 900000           # transaction.max.timeout.ms, Kafka's default
 COORDINATOR_EPOCH = 0
+REDO_MAX_BYTES = 1 << 20          # batches a PrepareCommit may carry (see commit_redo)
 
 
 def _now_ms():
     return int(time.time() * 1000)
+
+
+class _Carrying:
+    """The gate of commit_redo's appends: opened when the PrepareCommit that
+    carries the batches is committed to LMDB (ok), or will not be (not ok)."""
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.ok = False
+        self._event = threading.Event()
+
+    def open(self, ok):
+        self.ok = ok
+        self._event.set()
+
+    def wait(self):
+        self._event.wait()
+        return self.ok
+
+    @staticmethod
+    def refusal():
+        return KafkaError(KafkaError.INVALID_TXN_STATE,
+                          "the PrepareCommit carrying this batch was not recorded")
+
+
+def _quietly(future):
+    try:
+        future.result()
+    except BaseException:
+        pass
 
 
 def fenced(tid, pid, epoch, state):
@@ -79,6 +142,11 @@ class Coordinator:
         os.makedirs(self._lock_dir, exist_ok=True)
         self._thread_locks = {}
         self._guard = threading.Lock()
+        self._flusher = None            # threads for commit_redo's appends
+        # (producer_id, epoch) -> _Carrying: the batches this process's
+        # commit_redo appends; verify_write lets them in, without reading
+        # LMDB, once the Prepare carrying them is committed
+        self._carrying = {}
 
     # ---- locks ----
     @contextmanager
@@ -153,6 +221,7 @@ class Coordinator:
         if st["state"] in (PREPARE_COMMIT, PREPARE_ABORT):
             st["state"] = COMPLETE_COMMIT if st["state"] == PREPARE_COMMIT else COMPLETE_ABORT
             st["partitions"], st["offsets"], st["start_ms"] = [], {}, -1
+            st.pop("redo", None)        # put_txn drops the stored batches with it
         if rotated:
             st["producer_id"], st["producer_epoch"] = pid, 0
             del st["next_producer_id"]
@@ -169,6 +238,7 @@ class Coordinator:
         if st["state"] != ONGOING:
             st["state"], st["start_ms"], st["partitions"], st["offsets"] = ONGOING, _now_ms(), [], {}
             st.pop("members", None)
+            st.pop("redo", None)
 
     def add_partitions(self, tid, pid, epoch, partitions):
         """Record partitions before the transaction writes to them (durable),
@@ -230,18 +300,102 @@ class Coordinator:
             if st is not None and st["producer_id"] == pid and st["producer_epoch"] == epoch + 1 \
                     and st["state"] == want:
                 # A retried EndTxn after the epoch bump: finish it, report success.
-                self._write_markers(st)
+                self._write_markers(tid, st)
                 return self._session(st)
             if st is not None and st["producer_id"] == pid and st["producer_epoch"] == epoch + 1 \
                     and st["state"] == (COMPLETE_COMMIT if commit else COMPLETE_ABORT):
                 return pid, epoch + 1
             st = self._prepare(tid, pid, epoch, commit, durable=durable)
-            self._write_markers(st)
+            self._write_markers(tid, st)
             return self._session(st)
 
-    def _prepare(self, tid, pid, epoch, commit, fence=False, durable=True):
+    def commit_redo(self, tid, pid, epoch, redo, progress):
+        """Commit with the transaction's unsent batches carried by the
+        PrepareCommit (see the module docstring); redo: [(topic, partition,
+        batch bytes)] in sequence order per partition.  Sets
+        progress["prepared"] once PrepareCommit is committed to LMDB: an
+        error raised before that left nothing behind.  Returns ((producer_id,
+        epoch) for the next transaction, {(topic, partition): [AppendResult
+        per batch]}).
+
+        The appends run on a worker thread, started at once and held by a
+        gate (_Carrying) until the LMDB commit returned; this thread then
+        flushes the meta page while the worker appends and fsyncs the
+        batches.  (Started early, the worker is running when the gate
+        opens: a hand-off to a thread woken only then costs more than the
+        time the flush and the fsync overlap.)"""
+        with self._tid_lock(tid):
+            gate = _Carrying({(t, p) for t, p, _ in redo})
+            self._carrying[(pid, epoch)] = gate
+            try:
+                job = self._flush_pool().submit(self._append_redo, redo, gate)
+                try:
+                    st = self._prepare(tid, pid, epoch, True, durable=False, redo=redo)
+                except BaseException:
+                    # An error after LMDB's commit returned (a failpoint, say)
+                    # still leaves the decision taken.
+                    cur = self.meta.view(lambda txn: self._get(txn, tid))
+                    if cur is not None and cur.get("redo") and cur["state"] == PREPARE_COMMIT \
+                            and cur["producer_id"] == pid and cur["producer_epoch"] == epoch + 1:
+                        progress["prepared"] = True
+                    gate.open(progress.get("prepared", False))
+                    _quietly(job)
+                    raise
+                progress["prepared"] = True
+                try:
+                    failpoints.hit("txn.redo.committed")
+                finally:
+                    gate.open(True)
+                err = None
+                try:
+                    self.meta.make_durable()
+                except BaseException as e:  # the appends must end before the lock is let go
+                    err = e
+                try:
+                    results = job.result()
+                finally:
+                    if err is not None:
+                        raise err       # StorageError: the commit point may not be durable
+            finally:
+                del self._carrying[(pid, epoch)]
+            failpoints.hit("txn.prepare.after")
+            self._write_markers(tid, st, redo=False)
+            return self._session(st), results
+
+    def _flush_pool(self):
+        with self._guard:
+            if self._flusher is None:
+                from concurrent.futures import ThreadPoolExecutor
+                self._flusher = ThreadPoolExecutor(4, thread_name_prefix="pylog-commit-redo")
+            return self._flusher
+
+    def _append_redo(self, redo, gate):
+        """The owner's appends of the batches its PrepareCommit carries, each
+        partition's fsynced (their offsets are acknowledged); on a worker
+        thread, gated by gate (see commit_redo)."""
+        by_part = {}
+        for topic, partition, raw in redo:
+            by_part.setdefault((topic, partition), []).append(raw)
+        results = {}
+        for (topic, partition), raws in by_part.items():
+            part = self.store.partition(topic, partition)
+            # Wait here, not under the partition's lock (other writers would
+            # wait for our LMDB commit too).
+            if not gate.wait():
+                raise KafkaException(gate.refusal())
+            res = part.append(raws, sync="always")
+            for r in res:
+                if r.error is not None:
+                    raise KafkaException(r.error)
+            results[(topic, partition)] = res
+            failpoints.hit("txn.redo.append.after")
+        return results
+
+    def _prepare(self, tid, pid, epoch, commit, fence=False, durable=True, redo=None):
         """Write Prepare* durably (the commit point), bumping the epoch; a
-        commit's offsets become the group's committed offsets here."""
+        commit's offsets become the group's committed offsets here.  redo
+        (a commit only): batches the PrepareCommit carries; their partitions
+        are registered by it."""
         def prepare(txn):
             st = self._get(txn, tid)
             if fence:
@@ -250,8 +404,21 @@ class Coordinator:
                     raise fenced(tid, pid, epoch, st or {"producer_id": -1, "producer_epoch": -1})
             else:
                 st = self._owned(tid, st, pid, epoch)
-            if st["state"] != ONGOING:
-                st["partitions"], st["offsets"] = [], {}
+            if redo:
+                self._begin_if_needed(st)
+                have = {tuple(p) for p in st["partitions"]}
+                carried = []
+                for topic, partition, _ in redo:
+                    if (topic, partition) not in have:
+                        have.add((topic, partition))
+                        st["partitions"].append([topic, partition])
+                    if [topic, partition] not in carried:
+                        carried.append([topic, partition])
+                st["redo"] = carried
+            else:
+                if st["state"] != ONGOING:
+                    st["partitions"], st["offsets"] = [], {}
+                st.pop("redo", None)
             if st["producer_epoch"] + 1 >= MAX_EPOCH:
                 st["next_producer_id"] = self.meta.next_producer_id(txn)
                 self.meta.put_pid_owner(txn, st["next_producer_id"], tid)
@@ -270,34 +437,73 @@ class Coordinator:
             st["producer_epoch"] += 1
             st["state"] = PREPARE_COMMIT if commit else PREPARE_ABORT
             st["update_ms"] = _now_ms()
-            self.meta.put_txn(txn, tid, st)
+            self.meta.put_txn(txn, tid, st, redo=redo if redo and commit else None)
             return st
-        from . import failpoints
+        if redo and not commit:
+            raise ValueError("only a commit carries batches")
         failpoints.hit("txn.prepare.before")
         st = self.meta.update(prepare, durable=durable)
-        failpoints.hit("txn.prepare.after")
+        if not redo:                    # commit_redo hits it once the commit point is durable
+            failpoints.hit("txn.prepare.after")
         return st
 
-    def _write_markers(self, st):
+    def _write_markers(self, tid, st, redo=True):
         """A marker on every partition of a Prepare* transaction that lacks one.
-        Not fsynced: Prepare* is durable, so a lost marker is written again."""
-        from . import failpoints
+        Not fsynced: Prepare* is durable, so a lost marker is written again.
+        Before each marker, the batches the Prepare* carries that the
+        partition lacks are appended (redo: False when the caller just
+        appended them itself)."""
         commit = st["state"] == PREPARE_COMMIT
         pid, epoch = st["producer_id"], st["producer_epoch"]
         marker = control_batch(pid, epoch, commit, COORDINATOR_EPOCH, _now_ms())
+        stored = {}
+        if redo and st.get("redo"):
+            for topic, partition, raw in self.meta.view(lambda txn: self.meta.get_redo(txn, tid)):
+                stored.setdefault((topic, partition), []).append(raw)
         for topic, partition in st["partitions"]:
             part = self.store.partition(topic, partition)
-            if self._has_marker(part, pid, epoch):
-                continue
+            if redo and self._has_marker(part, pid, epoch):
+                continue                # (redo False: our own commit, no marker yet)
+            batches = stored.get((topic, partition))
+            if batches:
+                self._reappend(part, pid, epoch - 1, batches)
+                failpoints.hit("txn.redo.reappend.after")
             res = part.append([marker], sync="never")[0]
             if res.error is not None and res.error.code() != KafkaError.PRODUCER_FENCED:
                 raise KafkaException(res.error)
             failpoints.hit("txn.marker.after")
 
+    @staticmethod
+    def _reappend(part, pid, epoch, batches):
+        """Append those of a Prepare*'s stored batches (producer pid, data
+        epoch epoch, in sequence order) that part does not hold yet.  Held:
+        the producer's state there is at that epoch with a last sequence at
+        or past the batch's.  (Sequences start at 0 in each epoch, and every
+        transaction has its own epoch, so no wrap-around is in the way.)  The
+        caller checked that no marker of the transaction is there, and holds
+        the id's lock: nobody else writes this transaction meanwhile."""
+        part.refresh()
+        with part.log._mutex:
+            e = part.state.entries.get(pid)
+            last = e.batches[e.n - 1].last_seq if e is not None and e.producer_epoch == epoch \
+                and e.n else -1
+        missing = []
+        for raw in batches:
+            base_seq, = _SEQ.unpack_from(raw, 53)
+            last_delta, = _SEQ.unpack_from(raw, 23)
+            if base_seq + last_delta > last:
+                missing.append(raw)
+        if not missing:
+            return
+        log.info("%s-%d: appending %d batch(es) of producer %d epoch %d that its PrepareCommit "
+                 "carries", part.topic, part.partition, len(missing), pid, epoch)
+        for r in part.append(missing, sync="always"):
+            if r.error is not None:
+                raise KafkaException(r.error)
+
     def _complete(self, tid, st):
         """Roll a Prepare* forward: markers, then Complete* (caller holds the tid lock)."""
-        from . import failpoints
-        self._write_markers(st)
+        self._write_markers(tid, st)
         for topic, partition in st["partitions"]:      # durable before Complete* forgets them
             self.store.partition(topic, partition).log.sync(force=True)
         pid, epoch = st["producer_id"], st["producer_epoch"]
@@ -382,14 +588,23 @@ class Coordinator:
         """None if producer_id may start writing its transaction to the
         partition, else the KafkaError refusing it: the write must come from
         the transactional.id's current session, in an Ongoing transaction
-        that added this partition.  A producer id no coordinator handed out
-        (a batch built by hand) is not checked."""
+        that added this partition, or a batch its PrepareCommit carries (see
+        commit_redo).  A producer id no coordinator handed out (a batch built
+        by hand) is not checked."""
+        carrying = self._carrying.get((producer_id, epoch))
+        if carrying is not None and (topic, partition) in carrying.parts:
+            # our own commit_redo's batch: in once its Prepare is committed
+            return None if carrying.wait() else carrying.refusal()
         def look(txn):
             tid = self.meta.get_pid_owner(txn, producer_id)
             return tid, (self._get(txn, tid) if tid is not None else None)
         tid, st = self.meta.view(look)
         if tid is None:
             return None
+        if st is not None and st.get("redo") and st["state"] == PREPARE_COMMIT \
+                and st["producer_id"] == producer_id and st["producer_epoch"] == epoch + 1 \
+                and [topic, partition] in st["redo"]:
+            return None             # a batch its PrepareCommit carries (commit_redo)
         if st is None or st["producer_id"] != producer_id or st["producer_epoch"] != epoch:
             return KafkaError(KafkaError.INVALID_PRODUCER_EPOCH,
                               "Producer %d epoch %d is not the current session of transactional.id "

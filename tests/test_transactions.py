@@ -720,7 +720,8 @@ def test_each_transaction_end_bumps_the_epoch(tmp_path):
         list(range(e0 + 1, e0 + len(outcomes) + 1))
 
 
-def test_producer_outlives_the_epoch_limit(tmp_path):
+@pytest.mark.parametrize("fsync", ["never", "always"])     # always: the commits carry the records
+def test_producer_outlives_the_epoch_limit(tmp_path, fsync):
     """Regression: at epoch 32766 _prepare raised a fatal "producer epoch exhausted"
     and left the transaction Ongoing for ever (init and the timeout need a bump
     too); the coordinator now rotates the producer id, as Kafka's TV2 does."""
@@ -734,7 +735,7 @@ def test_producer_outlives_the_epoch_limit(tmp_path):
                                    "state": "CompleteCommit", "partitions": [], "offsets": {},
                                    "timeout_ms": 60000, "start_ms": -1, "update_ms": 0})
     meta.update(aged)
-    p = Producer({**conf, "transactional.id": "aged"})
+    p = Producer({**conf, "transactional.id": "aged", "pylog.fsync": fsync, "linger.ms": 1000})
     try:
         p.init_transactions()
         for i in range(10):

@@ -128,10 +128,13 @@ class _Sends:
 
 def txn_producer(store, proc, tid, log_path, topics, seed=0, txns=None, duration=None,
                  abort_ratio=0.3, txn_size=(1, 6), fsync="never", stop_path=None,
-                 txn_timeout_ms=60000, extra_conf=None):
+                 txn_timeout_ms=60000, extra_conf=None, flush_ratio=0.0):
     """Transactions of txn_size random records over topics ({name: partitions}),
     abort_ratio of them aborted; until txns transactions, duration seconds,
-    or stop_path exists.  Returns counters."""
+    or stop_path exists.  flush_ratio: after each record, the chance of a
+    flush(), so that commits meet both records written already (added
+    partitions) and records still queued (carried by the PrepareCommit,
+    txn.Coordinator.commit_redo, with pylog.fsync=always).  Returns counters."""
     rng = random.Random(seed)
     log = JsonLog(log_path)
     conf = conf_for(store, **{"transactional.id": tid, "pylog.fsync": fsync,
@@ -162,6 +165,8 @@ def txn_producer(store, proc, tid, log_path, topics, seed=0, txns=None, duration
                     p.produce(topic, value=v.encode(), partition=part, on_delivery=report)
                     if rng.random() < 0.3:
                         p.poll(0)
+                    if flush_ratio and rng.random() < flush_ratio:
+                        p.flush()
                 if rng.random() < abort_ratio:
                     p.abort_transaction()
                     log.write(op="end", proc=proc, txn=txn, outcome="aborted", t=time.monotonic())
@@ -431,7 +436,7 @@ def failpoint_phase(store, proc, tid, logs, topics, seed=0, txns=5, records=8, c
     from pylog import failpoints
     reader(store, "r-" + proc, os.path.join(logs, "c-%s.jsonl" % proc), all_tps(topics), drain=True)
     txn_producer(store, proc, tid, os.path.join(logs, "p-%s.jsonl" % proc), topics, seed=seed,
-                 txns=txns, abort_ratio=0.3, fsync="always")
+                 txns=txns, abort_ratio=0.3, fsync="always", flush_ratio=0.3)
     idempotent_producer(store, proc + "i", os.path.join(logs, "p-%si.jsonl" % proc), topics,
                         seed=seed, records=records, fsync="always", flush_every=3)
     if count_hits:
@@ -448,7 +453,8 @@ def powerloss_phase(store, proc, tid, logs, topics, fsync_log, seed=0, duration=
     powerloss.install_recorder(fsync_log)
     t = threading.Thread(target=txn_producer, daemon=True, args=(
         store, proc, tid, os.path.join(logs, "p-%s.jsonl" % proc), topics),
-        kwargs=dict(seed=seed, duration=duration, abort_ratio=0.3, fsync="always"))
+        kwargs=dict(seed=seed, duration=duration, abort_ratio=0.3, fsync="always",
+                    flush_ratio=0.2))
     t.start()
     idempotent_producer(store, proc + "i", os.path.join(logs, "p-%si.jsonl" % proc), topics,
                         seed=seed + 1, duration=duration, fsync="always", flush_every=3)
@@ -474,7 +480,7 @@ def io_error_phase(store, proc, tid, logs, topics, fsync_log, fp, arm="start", s
         (reader, (store, "r-" + proc, os.path.join(logs, "c-%s.jsonl" % proc), all_tps(topics)),
          dict(drain=True)),
         (txn_producer, (store, proc, tid, os.path.join(logs, "p-%s.jsonl" % proc), topics),
-         dict(seed=seed, txns=txns, abort_ratio=0.3, fsync="always")),
+         dict(seed=seed, txns=txns, abort_ratio=0.3, fsync="always", flush_ratio=0.3)),
         (idempotent_producer, (store, proc + "i", os.path.join(logs, "p-%si.jsonl" % proc), topics),
          dict(seed=seed, records=records, fsync="always", flush_every=3)),
     ]
