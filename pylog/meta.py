@@ -307,13 +307,7 @@ class Meta:
                         txn.commit()
                         failpoints.hit("meta.commit.after")
                         if durable and self.sync:
-                            try:
-                                e.env.sync(True)
-                            except lmdb.Error as err:
-                                # committed, maybe not durable: say so, typed
-                                raise StorageError("LMDB flush after a commit failed at %s: %s"
-                                                   % (self.path, err)) from err
-                            failpoints.hit("meta.durable.after")
+                            self._flush(e)
                         return result
                     except lmdb.MapFullError:
                         txn.abort()
@@ -332,11 +326,15 @@ class Meta:
             return
         e = self._shared()
         with e.gate.shared():
-            try:
-                e.env.sync(True)
-            except lmdb.Error as err:
-                raise StorageError("LMDB flush after a commit failed at %s: %s"
-                                   % (self.path, err)) from err
+            self._flush(e)
+
+    def _flush(self, e):
+        try:
+            e.env.sync(True)
+        except lmdb.Error as err:
+            # committed, maybe not durable: say so, typed
+            raise StorageError("LMDB flush after a commit failed at %s: %s"
+                               % (self.path, err)) from err
         failpoints.hit("meta.durable.after")
 
     def view(self, fn):
