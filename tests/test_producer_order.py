@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from pylog import Consumer, Producer, TopicPartition, OFFSET_BEGINNING
+from pylog import Producer
 
-from txn_support import conf_for, create_topics
+from txn_support import conf_for, create_topics, read_all
 
 
 def _produce_mix(p, topic, first, n, nparts, rng, reports):
@@ -30,20 +30,10 @@ def _produce_mix(p, topic, first, n, nparts, rng, reports):
 
 
 def _read(conf, topic, nparts):
-    c = Consumer({**conf, "group.id": "order", "auto.offset.reset": "earliest",
-                  "enable.auto.commit": False})
-    try:
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(nparts)])
-        by_part = {p: [] for p in range(nparts)}
-        while True:
-            msgs = c.consume(1000, 1.0)
-            if not msgs:
-                return by_part
-            for m in msgs:
-                assert m.error() is None
-                by_part[m.partition()].append((m.offset(), m.value()))
-    finally:
-        c.close()
+    by_part = {p: [] for p in range(nparts)}
+    for m in read_all(conf, [(topic, p) for p in range(nparts)], group="order"):
+        by_part[m.partition()].append((m.offset(), m.value()))
+    return by_part
 
 
 @pytest.mark.parametrize("fastprod", ["1", "0"])

@@ -85,14 +85,18 @@ def err_of(excinfo_or_exc):
 def read_all(conf, tps, isolation="read_committed", group="test-reader", idle=0.3,
              deadline=30.0, **extra):
     """Every record of tps ([(topic, partition)] or [TopicPartition] with a
-    start offset) from the start, read until the partitions are idle for
-    `idle` seconds.  Returns [Message]; error events fail the call."""
+    start offset) from the start, read until every partition has reported
+    its end (enable.partition.eof: the last stable offset, or the high
+    watermark with read_uncommitted) or they are all idle for `idle`
+    seconds.  Returns [Message]; other error events fail the call."""
     c = Consumer({**conf, "group.id": group, "isolation.level": isolation,
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False, **extra})
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "enable.partition.eof": True, **extra})
     try:
         assign = [tp if isinstance(tp, TopicPartition) else TopicPartition(tp[0], tp[1], OFFSET_BEGINNING)
                   for tp in tps]
         c.assign(assign)
+        waiting = {(tp.topic, tp.partition) for tp in assign}
         out = []
         end = time.monotonic() + deadline
         while time.monotonic() < end:
@@ -100,8 +104,14 @@ def read_all(conf, tps, isolation="read_committed", group="test-reader", idle=0.
             if not msgs:
                 return out
             for m in msgs:
-                assert m.error() is None, m.error()
-            out.extend(msgs)
+                err = m.error()
+                if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                    waiting.discard((m.topic(), m.partition()))
+                    continue
+                assert err is None, err
+                out.append(m)
+            if not waiting:
+                return out
         raise AssertionError("partitions %r never went idle" % (tps,))
     finally:
         c.close()
