@@ -51,7 +51,8 @@ def test_scenario_2_every_failpoint_first_hit(tmp_path):
                  "index.append", "recovery.segment", "recovery.truncate", "recovery.discard",
                  "recovery.point", "fsync.before", "fsync.after", "log.sync_marker.before",
                  "meta.commit.before", "meta.commit.after", "txn.init.before",
-                 "txn.add_partitions.after", "txn.complete.before", "txn.complete.after"):
+                 "txn.add_partitions.after", "txn.complete.before", "txn.complete.after",
+                 "txn.redo.committed", "txn.redo.append.after"):
         assert "not crossed: " + name not in out.notes
 
 
