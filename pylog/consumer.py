@@ -68,6 +68,14 @@ class _Fetch:
     def pending(self):
         return len(self.buffer) - self.head
 
+    def pop(self):
+        """The next message (pending() > 0)."""
+        m = self.buffer[self.head]
+        self.head += 1
+        if self.head == len(self.buffer):
+            self.buffer, self.head = [], 0
+        return m
+
     def take(self, k):
         """The next k (<= pending()) messages, as a list."""
         buf, head = self.buffer, self.head
@@ -458,13 +466,10 @@ class Consumer:
         f = self._hot
         now = time.monotonic()
         self._last_poll = now
-        if f is not None and f.head < len(f.buffer) and not f.paused and not (
+        if f is not None and f.pending() and not f.paused and not (
                 self._auto_commit and now >= self._next_auto_commit):
             # Short path: the next decoded record of the partition served last.
-            m = f.buffer[f.head]
-            f.head += 1
-            if f.head == len(f.buffer):
-                f.buffer, f.head = [], 0
+            m = f.pop()
             if m._error is None:
                 f.position = m._offset + 1
                 if self._auto_store:
@@ -537,7 +542,7 @@ class Consumer:
             if len(out) >= n:
                 break
             f = fetches[(self._rr + i) % k]
-            if f.head == len(f.buffer):
+            if not f.pending():
                 self._fill(f)
             take = min(n - len(out), f.pending())
             if not take:
@@ -570,19 +575,19 @@ class Consumer:
         if f.position < log.log_start_offset or f.position > hw:
             self._out_of_range(f, hw)
             return
-        while f.position < upper and f.head == len(f.buffer):
+        while f.position < upper and not f.pending():
             data, infos = log.read(f.position, self._max_bytes, upto=upper,
                                    view=_decode_messages is not None)
             if not infos:
                 break
             aborted = self._aborted(part, f.position, upper) if self._committed_only else None
             self._decode(f, data, infos, aborted)
-        if f.head == len(f.buffer) and f.position >= upper and self._partition_eof and not f.eof_sent:
+        if not f.pending() and f.position >= upper and self._partition_eof and not f.eof_sent:
             f.eof_sent = True
             f.buffer.append(Message(f.tp[0], f.tp[1], f.position, error=KafkaError(
                 KafkaError._PARTITION_EOF, "Fetch from broker 0 reached end of partition at "
                 "offset %d (HighwaterMark %d)" % (f.position, hw))))
-        if f.head < len(f.buffer) and f.buffer[-1]._error is None:
+        if f.pending() and f.buffer[-1]._error is None:
             f.eof_sent = False
 
     def _out_of_range(self, f, hw):
@@ -666,7 +671,7 @@ class Consumer:
                                    _bridge.decode_headers(memoryview(src)[base + hp:], hc) if hc else None,
                                    bi.max_timestamp if log_append else ts, None, tstype))
             position = bi.next_offset
-        if f.head == len(buf):
+        if not f.pending():
             f.position = max(f.position, position)
 
     # ---- lifetime ----

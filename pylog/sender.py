@@ -370,20 +370,18 @@ class Sender:
         one fsync after the last covers them all, before anything is
         reported.  If a batch fails, those before it are still fsynced (and
         reported written, as without fsync); if that fsync fails, none is."""
-        fsync = self.p._fsync
-        if fsync != "always":
-            for b in group:
-                results.extend(part.append([self._encode(b, seq)], sync=fsync))
-                seq = (seq + b.n) % SEQ_MODULO
-            return
+        always = self.p._fsync == "always"
         failure = None
         try:
             for b in group:
-                results.extend(part.append([self._encode(b, seq)], sync="defer"))
+                results.extend(part.append([self._encode(b, seq)],
+                                           sync="defer" if always else self.p._fsync))
                 seq = (seq + b.n) % SEQ_MODULO
         except KafkaException as e:
+            if not always:
+                raise
             failure = e
-        if any(r.appended for r in results):
+        if always and any(r.appended for r in results):
             try:
                 part.sync_deferred()
             except KafkaException as e:
