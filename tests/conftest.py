@@ -143,3 +143,18 @@ def closing():
             c.close()
         except Exception:
             pass
+
+
+@pytest.fixture
+def fsyncs(monkeypatch):
+    """The fds passed to fsutil.fsync, the one path every data fsync takes."""
+    from pylog import fsutil
+    calls = []
+    real = fsutil.fsync
+
+    def counting(fd, what="file"):
+        calls.append(fd)
+        return real(fd, what)
+
+    monkeypatch.setattr(fsutil, "fsync", counting)
+    return calls

@@ -13,6 +13,8 @@ from pylog import _bridge, codec, compression
 from pylog._native import lib
 from pylog.errors import CorruptRecordError, KafkaError, KafkaException
 
+from txn_support import zigzag as varint
+
 # Header field offsets (record batch v2).
 BASE_OFFSET = 0              # int64, outside the CRC
 BATCH_LENGTH = 8             # int32, outside the CRC
@@ -25,17 +27,6 @@ INT32_MAX = 0x7FFFFFFF
 
 
 # ---- helpers ----
-def varint(v):
-    """Zigzag varint, as the records region stores every length and delta."""
-    u = (v << 1) ^ (v >> 63)
-    out = bytearray()
-    while u >= 0x80:
-        out.append((u & 0x7F) | 0x80)
-        u >>= 7
-    out.append(u)
-    return bytes(out)
-
-
 def framed(body):
     """A record from its body bytes: the length varint, then the body."""
     return varint(len(body)) + body

@@ -33,7 +33,7 @@ from pylog.errors import CorruptRecordError, KafkaError
 from pylog.message import (Message, PyMessage, TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME,
                            TIMESTAMP_NOT_AVAILABLE)
 
-from txn_support import conf_for, create_topics
+from txn_support import conf_for, create_topics, zigzag as zz
 
 decode_messages = _fastmsg.decode_messages
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -43,17 +43,6 @@ SETTINGS = settings(max_examples=EXAMPLES, deadline=None,
 
 
 # ---- encoding records (independently of csrc/batch.c) ----
-def zz(v):
-    """Zigzag varint of a signed int64."""
-    u = (v << 1) ^ (v >> 63)
-    out = bytearray()
-    while u >= 0x80:
-        out.append((u & 0x7F) | 0x80)
-        u >>= 7
-    out.append(u)
-    return bytes(out)
-
-
 def encode_record(attrs, ts_delta, off_delta, key, value, headers):
     body = bytearray([attrs]) + zz(ts_delta) + zz(off_delta)
     for f in (key, value):

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pylog import codec, compression, failpoints, format, fsutil
+from pylog import codec, compression, failpoints, format
 from pylog.errors import KafkaError, KafkaException, StorageError
 from pylog.log import LogConfig, PartitionLog
 
@@ -430,20 +430,6 @@ def test_truncate_to_drops_later_batches_and_segments(opened, cut):
 
 
 # ---- fsync policy ----
-@pytest.fixture
-def fsyncs(monkeypatch):
-    """Counts fsutil.fsync calls (the one path every data fsync takes)."""
-    calls = []
-    real = fsutil.fsync
-
-    def counting(fd, what="file"):
-        calls.append(fd)
-        return real(fd, what)
-
-    monkeypatch.setattr(fsutil, "fsync", counting)
-    return calls
-
-
 def test_fsync_always_fsyncs_once_per_append_call(opened, fsyncs):
     lg = opened(fsync="always")
     del fsyncs[:]

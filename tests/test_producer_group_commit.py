@@ -37,17 +37,17 @@ def conf(tmp_path):
 
 
 @pytest.fixture
-def fsyncs(monkeypatch):
-    """fds passed to fsutil.fsync (every data fsync of a segment goes through it)."""
-    calls = []
-    real = fsutil.fsync
+def drained(monkeypatch):
+    """The groups of batches Sender._write_partition is given, one list a drain."""
+    groups = []
+    real = sender_mod.Sender._write_partition
 
-    def counting(fd, what="file"):
-        calls.append(fd)
-        return real(fd, what)
+    def recording(self, topic, partition, group):
+        groups.append(list(group))
+        return real(self, topic, partition, group)
 
-    monkeypatch.setattr(fsutil, "fsync", counting)
-    return calls
+    monkeypatch.setattr(sender_mod.Sender, "_write_partition", recording)
+    return groups
 
 
 def durable_producer(closing, conf, topic_config=None, **extra):
@@ -152,22 +152,14 @@ def test_a_batch_refused_mid_drain_leaves_the_ones_before_it_written_and_durable
     assert [r.value for r in records] == [b"first", b"a" * 900, b"b" * 900]
 
 
-def test_produce_and_flush_fsync_once_per_drain(closing, conf, fsyncs, monkeypatch):
+def test_produce_and_flush_fsync_once_per_drain(closing, conf, fsyncs, drained):
     p = durable_producer(closing, conf, **{"batch.size": 2000})
-    drains = []
-    real = sender_mod.Sender._write_partition
-
-    def counting(self, topic, partition, group):
-        drains.append(len(group))
-        return real(self, topic, partition, group)
-
-    monkeypatch.setattr(sender_mod.Sender, "_write_partition", counting)
-    del fsyncs[:]
+    del fsyncs[:], drained[:]
     values = [b"%04d" % i * 50 for i in range(200)]       # 200 bytes each: 9 per batch
     for v in values:
         p.produce(TOPIC, v)
     assert p.flush(10) == 0
-    assert sum(drains) >= 23 and len(fsyncs) == len(drains)
+    assert sum(map(len, drained)) >= 23 and len(fsyncs) == len(drained)
     infos, records = read_partition(conf, TOPIC, 0)
     assert [r.value for r in records] == [b"first"] + values
     assert [r.offset for r in records] == list(range(201))
@@ -197,7 +189,8 @@ def test_deferred_appends_take_the_state_snapshot_after_their_fsync(tmp_path, mo
 
 
 @pytest.mark.parametrize("fast", [True, False])
-def test_the_first_drain_of_a_new_topic_takes_the_bare_value_lane(conf, closing, monkeypatch, fast):
+def test_the_first_drain_of_a_new_topic_takes_the_bare_value_lane(conf, closing, monkeypatch, fast,
+                                                                  drained):
     """_produce_slow (the first record of a topic goes there: its queue does
     not exist yet) queues a bare value as the short path does, so the drain
     it starts is not sent down the per-record Python path."""
@@ -207,19 +200,11 @@ def test_the_first_drain_of_a_new_topic_takes_the_bare_value_lane(conf, closing,
                       "linger.ms": 60000, "batch.size": 3000})
     closing(p)
     assert (p._lane is not None) == fast
-    groups = []
-    real = sender_mod.Sender._write_partition
-
-    def recording(self, topic, partition, group):
-        groups.append([(b.raw is not None, b.recs) for b in group])
-        return real(self, topic, partition, group)
-
-    monkeypatch.setattr(sender_mod.Sender, "_write_partition", recording)
     values = [b"%03d" % i * 200 for i in range(10)]
     for v in values:
         p.produce("new-topic", v)
     assert p.flush(10) == 0
-    batches = [b for g in groups for b in g]
+    batches = [(b.raw is not None, b.recs) for g in drained for b in g]
     if fast:
         assert all(raw for raw, _ in batches)
     else:
@@ -275,23 +260,15 @@ def test_callback_records_all_fail_when_the_group_fsync_fails(closing, conf):
         p.close()
 
 
-def test_produce_with_callbacks_and_flush_fsync_once_per_drain(closing, conf, fsyncs, monkeypatch):
+def test_produce_with_callbacks_and_flush_fsync_once_per_drain(closing, conf, fsyncs, drained):
     p = durable_producer(closing, conf, **{"batch.size": 2000})
-    drains = []
-    real = sender_mod.Sender._write_partition
-
-    def counting(self, topic, partition, group):
-        drains.append(len(group))
-        return real(self, topic, partition, group)
-
-    monkeypatch.setattr(sender_mod.Sender, "_write_partition", counting)
-    del fsyncs[:]
+    del fsyncs[:], drained[:]
     got = {}
     values = [b"%04d" % i * 50 for i in range(100)]
     for v in values:
         p.produce(TOPIC, v, on_delivery=lambda err, msg: got.setdefault(msg.value(), (err, msg.offset())))
     assert p.flush(10) == 0
-    assert sum(drains) >= 11 and len(fsyncs) == len(drains)
+    assert sum(map(len, drained)) >= 11 and len(fsyncs) == len(drained)
     assert [got[v] for v in values] == [(None, 1 + i) for i in range(100)]
 
 

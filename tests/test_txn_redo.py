@@ -19,8 +19,8 @@ from pylog.store import Store
 from pylog.torture import powerloss
 from pylog.txn import REDO_MAX_BYTES
 
-from txn_support import (conf_for, control_batches, create_topics, read_all, run_python,
-                         txn_state, values_of, wait_until)
+from txn_support import (conf_for, control_batches, create_topics, meta_view, read_all,
+                         run_python, txn_state, values_of, wait_until)
 
 
 @pytest.fixture(autouse=True)
@@ -36,11 +36,7 @@ def _producer(conf, tid="redo", **extra):
 
 
 def _stored_batches(path, tid):
-    store = Store.acquire(str(path))
-    try:
-        return store.meta.view(lambda txn: store.meta.get_redo(txn, tid))
-    finally:
-        store.release()
+    return meta_view(path, lambda meta, txn: meta.get_redo(txn, tid))
 
 
 def _read_with_offsets(conf, tps, isolation="read_committed"):

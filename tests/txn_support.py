@@ -1,4 +1,4 @@
-"""Shared helpers for the transaction, consumer and copier tests.
+"""Shared helpers for the transaction, consumer, copier and codec tests.
 
 Child processes are started with the "spawn" context (a fresh interpreter,
 no inherited LMDB environment or locks) or with subprocess; every helper
@@ -269,6 +269,18 @@ def run_python(code, *args, env=None, timeout=60.0):
                           capture_output=True, timeout=timeout)
 
 
+def zigzag(v):
+    """Zigzag varint of a signed int64, as a records region stores lengths and
+    deltas (written here independently of csrc/batch.c)."""
+    u = (v << 1) ^ (v >> 63)
+    out = bytearray()
+    while u >= 0x80:
+        out.append((u & 0x7F) | 0x80)
+        u >>= 7
+    out.append(u)
+    return bytes(out)
+
+
 def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
     end = time.monotonic() + timeout
     while True:
@@ -280,14 +292,20 @@ def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
-def txn_state(path, tid):
-    """The coordinator's LMDB record for tid (a fresh read, no coordinator)."""
+def meta_view(path, fn):
+    """fn(meta, txn) in a read transaction of the store's LMDB (a fresh read,
+    no coordinator)."""
     from pylog.store import Store
     store = Store.acquire(str(path))
     try:
-        return store.meta.view(lambda txn: store.meta.get_txn(txn, tid))
+        return store.meta.view(lambda txn: fn(store.meta, txn))
     finally:
         store.release()
+
+
+def txn_state(path, tid):
+    """The coordinator's LMDB record for tid."""
+    return meta_view(path, lambda meta, txn: meta.get_txn(txn, tid))
 
 
 def control_batches(path, topic, partition):
